@@ -96,6 +96,7 @@ class SearchSpec(BaseModel):
     model_config = _FROZEN
     sampler: Literal["tpe", "nsga2", "random", "grid"] = Field("tpe", description="Optuna sampler.")
     space: dict[ParamName, Axis] = Field(  # type: ignore[valid-type]
+        min_length=1,
         description="The axes to vary, by trial-parameter name; each an int, float or categorical axis."
     )
     early_stopping: EarlyStopping | None = Field(
@@ -129,7 +130,9 @@ class Budget(BaseModel):
 
 class InfraSpec(BaseModel):
     model_config = _FROZEN
-    ray_address: str | None = Field(None, description="Ray cluster to join (`auto`, `ray://host:port`); default: local.")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join (`auto`, `host:port`); default: an embedded local Ray."
+    )
     study_storage: str | None = Field(
         None, description="SQLAlchemy URL of the Optuna study; default sqlite:///<store>/optuna.db."
     )

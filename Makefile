@@ -1,0 +1,21 @@
+# The two commands of the README: `make run` (the embedded-default sweep) and `make test`.
+# Each does its own set-up from a clean clone (scripts/bootstrap.sh is idempotent: seconds when done).
+PY := .venv/bin/python
+SPEC ?= search_spaces/rank_study.yaml
+
+.PHONY: setup run test lint bench clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+run: setup
+	.venv/bin/sweep run $(SPEC)
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf mlruns/* .pytest_cache

@@ -1,0 +1,98 @@
+"""Live view of a running sweep (rich): trial states, metrics, ETA and the current Pareto front."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from sweeps.select import pareto_mask
+from sweeps.spec import SweepSpec
+
+_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "PENDING": "dim", "FAILED": "red", "PRUNED": "yellow",
+          "INTERRUPTED": "magenta"}
+
+
+class LiveView:
+    def __init__(self, spec: SweepSpec, console: Console, enabled: bool = True):
+        self.spec, self.console, self.enabled = spec, console, enabled
+        self.coordinator: Any = None
+        self.started = time.time()
+        self.live: Live | None = None
+        self._last_line = 0.0
+
+    def attach(self, coordinator: Any) -> None:
+        self.coordinator = coordinator
+
+    def __enter__(self) -> LiveView:
+        if self.enabled:
+            self.live = Live(get_renderable=self.render, console=self.console, refresh_per_second=2, transient=False)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, coordinator: Any) -> None:
+        self.coordinator = coordinator
+        if self.live is None:
+            self._plain_line()
+
+    def _plain_line(self) -> None:
+        """Not a terminal (CI, a log file): one progress line per finished trial instead of a live table."""
+        rows = list(self.coordinator.rows.values())
+        for row in rows:
+            if row.ended and row.ended > self._last_line:
+                self._last_line = row.ended
+                shown = "  ".join(f"{m}={row.metrics[m]:.4g}" for m in self.spec.metric_names() if m in row.metrics)
+                why = f"  ({row.reason})" if row.reason else ""
+                self.console.print(f"trial {row.number:>3} {row.state:<11} {shown}{why}  [{self._summary()}]",
+                                   highlight=False)
+
+    def _summary(self) -> str:
+        rows = list(self.coordinator.rows.values()) if self.coordinator else []
+        done = [r for r in rows if r.ended]
+        total = len(rows) + (self.coordinator.remaining if self.coordinator else 0)
+        elapsed = time.time() - self.started
+        eta = ""
+        if done and total > len(done):
+            per = sum(r.ended - r.started for r in done) / len(done)
+            eta = f", ETA {per * (total - len(done)) / max(1, self.spec.budget.concurrency):.0f} s"
+        return f"{len(done)}/{total} trials this run, {elapsed:.0f} s elapsed{eta}"
+
+    def render(self) -> Group:
+        metrics = self.spec.metric_names()
+        table = Table(title=f"sweep {self.spec.name}", expand=False)
+        for col in ("trial", "state", "epoch", *self.spec.search.space, *metrics, "note"):
+            table.add_column(col, overflow="fold", max_width=40 if col == "note" else None)
+        rows = sorted(self.coordinator.rows.values(), key=lambda r: r.number) if self.coordinator else []
+        front = self._front(rows)
+        for row in rows[-25:]:
+            star = "*" if row.number in front else " "
+            table.add_row(
+                f"{star}{row.number}", Text(row.state, style=_STYLE.get(row.state, "")), str(row.epoch or ""),
+                *[_short(row.params.get(k)) for k in self.spec.search.space],
+                *[_short(row.metrics.get(m)) for m in metrics], row.reason or "",
+            )
+        return Group(table, Text(f"{self._summary()}   (* = on the current Pareto front)", style="dim"))
+
+    def _front(self, rows: list) -> set[int]:
+        metrics = self.spec.metric_names()
+        done = [r for r in rows if r.state == "COMPLETE" and all(m in r.metrics for m in metrics)]
+        if not done:
+            return set()
+        mask = pareto_mask([[r.metrics[m] for m in metrics] for r in done], self.spec.directions())
+        return {r.number for r, keep in zip(done, mask, strict=True) if keep}
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

@@ -1,0 +1,182 @@
+"""After (or during) a sweep: the Pareto front, the plot, and promotion of chosen adapters to the registry.
+
+Selection only ever reads validation metrics. The held-out test split is touched once per promoted adapter,
+when its registry version is created, and recorded on that version (never fed back into selection).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sweeps import registry, store
+from sweeps.search import Study
+from sweeps.select import (
+    choose,
+    hypervolume,
+    normalized_hypervolume,
+    objective_aliases,
+    pareto_mask,
+    reference_point,
+)
+from sweeps.spec import SweepSpec, parse_yaml, validate_dict
+from sweeps.track import Tracker, TrialRecord
+
+
+class PromotionError(RuntimeError):
+    pass
+
+
+@dataclass
+class ParetoReport:
+    spec: SweepSpec
+    records: list[TrialRecord]
+    front: list[bool]
+    hypervolume: float
+    normalized_hypervolume: float
+    plot_path: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def front_records(self) -> list[TrialRecord]:
+        return [r for r, keep in zip(self.records, self.front, strict=True) if keep]
+
+
+def sweep_spec(tracker: Tracker, sweep: str) -> SweepSpec:
+    text = tracker.sweep_spec_text(sweep)
+    if text is None:
+        known = ", ".join(s["name"] for s in tracker.sweeps()) or "none"
+        raise PromotionError(f"no sweep named {sweep!r} in {tracker.ui_hint()} (known: {known})")
+    return validate_dict(parse_yaml(text, sweep), sweep)
+
+
+def complete_records(spec: SweepSpec, tracker: Tracker) -> list[TrialRecord]:
+    names = spec.metric_names()
+    return [r for r in tracker.trial_records(spec.name)
+            if r.state == "COMPLETE" and all(m in r.metrics for m in names)]
+
+
+def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None) -> ParetoReport | None:
+    tracker = tracker or Tracker()
+    spec = sweep_spec(tracker, sweep)
+    all_records = tracker.trial_records(spec.name)
+    records = complete_records(spec, tracker)
+    if not records:
+        return None
+    names, directions = spec.metric_names(), spec.directions()
+    values = np.array([[r.metrics[m] for m in names] for r in records], dtype=float)
+    mask = pareto_mask(values, directions)
+    ref = reference_point(values, directions)
+    ideal = np.array([values[:, i].max() if d == "maximize" else values[:, i].min()
+                      for i, d in enumerate(directions)])
+    hv = hypervolume(values, directions, ref)
+    nhv = normalized_hypervolume(values, directions, ref, ideal)
+    counts: dict[str, int] = {}
+    for r in all_records:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    plot_path = None
+    parent = tracker.parent_run(spec.name)
+    if plot:
+        from sweeps.plot import pareto_plot
+
+        chosen = choose([r.metrics for r in records], list(zip(names, directions, strict=True)), "knee")
+        plot_path = store.store_dir() / "plots" / f"{spec.name}-pareto.png"
+        plot_path.parent.mkdir(parents=True, exist_ok=True)
+        pareto_plot([{**r.metrics, "trial_number": r.trial_number} for r in records],
+                    list(zip(names, directions, strict=True)), list(mask), chosen, plot_path,
+                    title=f"{spec.name}: {len(records)} complete trials, front of {int(mask.sum())}")
+        if parent:
+            tracker.log_artifact(parent, plot_path)
+    if parent:
+        tracker.log_metrics(parent, {"hypervolume": hv, "hypervolume_normalized": nhv,
+                                     "front_size": float(mask.sum()), "trials_complete": float(len(records))})
+    return ParetoReport(spec, records, list(mask), hv, nhv, plot_path, counts)
+
+
+@dataclass
+class Promotion:
+    name: str
+    entries: list[dict[str, Any]]
+
+    def summary(self) -> str:
+        lines = []
+        for e in self.entries:
+            test = ", ".join(f"{k}={v:.4f}" for k, v in e["test_metrics"].items() if k in ("accuracy", "macro_f1",
+                                                                                           "loss", "perplexity"))
+            verb = "registered" if e["created"] else "already registered"
+            lines.append(f"{verb} models:/{self.name}/{e['version']} (trial {e['trial_number']}) aliases "
+                         f"{', '.join(e['aliases'])}; held-out test: {test or 'not evaluated'}")
+        return "\n".join(lines)
+
+
+def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] | None = None,
+                  tracker: Tracker | None = None, per_objective: bool = True) -> Promotion:
+    """Choose by `policy`, register the chosen adapter (alias champion) and each objective's best front point."""
+    tracker = tracker or Tracker()
+    store.safe_name(name, "model name")
+    spec = sweep_spec(tracker, sweep)
+    records = complete_records(spec, tracker)
+    if not records:
+        raise PromotionError(f"sweep {sweep!r} has no completed trials to promote")
+    objectives = list(zip(spec.metric_names(), spec.directions(), strict=True))
+    chosen = choose([r.metrics for r in records], objectives, policy)
+    if chosen is None:
+        raise PromotionError(f"no completed trial of {sweep!r} satisfies the policy {policy!r}")
+    by_index: dict[int, list[str]] = {chosen: ["champion", *(extra_aliases or [])]}
+    if per_objective:
+        for alias, idx in objective_aliases([r.metrics for r in records], objectives).items():
+            by_index.setdefault(idx, []).append(alias)
+    study = Study(spec, store.study_storage(spec.infra.study_storage))
+    sampled = {t.number: t.params for t in study.trials()}
+    entries = []
+    # Register the non-champion versions first so the champion is the newest version of the name.
+    for idx in sorted(by_index, key=lambda i: i == chosen):
+        entries.append(_promote_one(tracker, spec, records[idx], name, by_index[idx], sampled, policy))
+    return Promotion(name, entries)
+
+
+def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str, aliases: list[str],
+                 sampled: dict[int, dict], policy: str) -> dict[str, Any]:
+    from sweeps.worker import trial_params
+
+    params = trial_params(spec, sampled.get(rec.trial_number, {}))
+    existing = tracker.find_version(name, rec.run_id)
+    test_metrics: dict[str, float] = {}
+    if existing is None:
+        test_metrics = _evaluate_on_test(tracker, spec, params, rec.run_id)
+    else:
+        info = tracker.version_info(name, existing)
+        test_metrics = {k[5:]: float(v) for k, v in info["tags"].items() if k.startswith("test.")}
+    lineage = {
+        "sweep": spec.name, "trial_number": str(rec.trial_number), "run_id": rec.run_id, "policy": policy,
+        "task": spec.task, "base_model": spec.model.base, "base_model_sha256": _base_hash(spec),
+        "quantization": json.dumps({k: getattr(params, k) for k in ("quantization", "double_quant",
+                                                                   "compute_dtype")}),
+        "peft": json.dumps({k: v for k, v in params.flat().items() if k in ("method", "rank", "effective_alpha",
+                                                                             "dropout", "target", "layers")}),
+        **{f"val.{k}": f"{v:.6g}" for k, v in rec.metrics.items()},
+    }
+    version, created = registry.promote(tracker, name, rec.run_id, aliases, lineage, test_metrics or None)
+    return {"version": version, "created": created, "trial_number": rec.trial_number, "aliases": aliases,
+            "test_metrics": test_metrics, "run_id": rec.run_id}
+
+
+def _evaluate_on_test(tracker: Tracker, spec: SweepSpec, params, run_id: str) -> dict[str, float]:
+    from sweeps.trial import evaluate_adapter
+
+    with tempfile.TemporaryDirectory(prefix="sweeps-promote-") as tmp:
+        adapter = tracker.download_adapter(run_id, Path(tmp))
+        return evaluate_adapter(spec, params, adapter, split="test")
+
+
+def _base_hash(spec: SweepSpec) -> str:
+    from sweeps.models import content_hash, resolve_base
+
+    try:
+        return content_hash(resolve_base(spec.model))
+    except Exception as exc:  # a hub id without local files: say so rather than fail the promotion
+        return f"unavailable ({type(exc).__name__})"

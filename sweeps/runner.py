@@ -1,0 +1,206 @@
+"""The sweep driver: reconcile, run trials through Ray, record each in MLflow then Optuna, select, promote.
+
+Ordering rule that makes resume safe: a trial's MLflow run is created when the point is proposed and finished
+(adapter uploaded, then status FINISHED) *before* Optuna is told. So after a crash:
+  Optuna RUNNING + MLflow COMPLETE  -> the tell was lost: tell Optuna from MLflow's metrics;
+  Optuna RUNNING + MLflow otherwise -> the trial was interrupted: FAIL it in both and queue its point again.
+This module imports neither ray nor mlflow nor optuna: it goes through execute, track and search.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps import execute, store
+from sweeps.search import Study
+from sweeps.spec import SweepSpec
+from sweeps.track import Tracker
+
+
+@dataclass
+class TrialRow:
+    number: int
+    params: dict[str, Any]
+    state: str = "PENDING"
+    epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    counts: dict[str, int]
+    ran: int
+    wall_seconds: float
+    reconciled: list[str]
+
+
+class Coordinator:
+    """Receives Ray's trial events in the driver process and writes MLflow and Optuna (one writer each)."""
+
+    def __init__(self, spec: SweepSpec, study: Study, tracker: Tracker, parent_run_id: str, remaining: int,
+                 listener: Any = None):
+        self.spec, self.study, self.tracker, self.parent = spec, study, tracker, parent_run_id
+        self.remaining = remaining
+        self.rows: dict[int, TrialRow] = {}
+        self.run_ids: dict[int, str] = {}
+        self.listener = listener
+        self._stop = threading.Event()
+        self.spec_dict = spec.model_dump(mode="json")
+
+    # --- called by the Ray searcher
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def propose(self) -> dict[str, Any] | None:
+        if self.remaining <= 0:
+            return None
+        self.remaining -= 1
+        number, sampled = self.study.ask()
+        from sweeps.worker import trial_params
+
+        flat = trial_params(self.spec, sampled).flat()
+        run_id = self.tracker.start_trial(self.spec.name, self.parent, number, flat,
+                                          tags={"sweeps.optuna_study": self.spec.name})
+        self.study.set_attr(number, "mlflow_run_id", run_id)
+        self.run_ids[number] = run_id
+        self.rows[number] = TrialRow(number, sampled)
+        self._notify()
+        return {"trial_number": number, "params": sampled, "spec": self.spec_dict,
+                "store": str(store.store_dir()), "cpus": self.spec.budget.cpus_per_trial}
+
+    def epoch(self, number: int, result: dict[str, Any]) -> None:
+        row = self.rows[number]
+        row.state, row.epoch = "RUNNING", int(result.get("epoch", row.epoch))
+        metrics = _numeric(result, self.spec)
+        row.metrics.update(metrics)
+        self.tracker.log_metrics(self.run_ids[number], metrics, step=row.epoch)
+        self._notify()
+
+    def completed(self, number: int, result: dict[str, Any] | None, pruned: bool, error: str | None) -> None:
+        row, run_id = self.rows[number], self.run_ids[number]
+        result = result or {}
+        row.ended = time.time()
+        if result.get("phase") == "final" and result.get("state") == "COMPLETE":
+            metrics = _numeric(result, self.spec)
+            values = [metrics.get(m) for m in self.spec.metric_names()]
+            if any(v is None or not math.isfinite(v) for v in values):
+                self._fail(number, "an objective metric is missing or not finite in the final result", result)
+                return
+            row.metrics.update(metrics)
+            # MLflow first (adapter uploaded, then FINISHED), Optuna second: see the module docstring.
+            from pathlib import Path
+
+            self.tracker.finish_trial(run_id, "COMPLETE", metrics=metrics, adapter_dir=Path(result["adapter_dir"]))
+            attrs = {"metrics": metrics, "mlflow_run_id": run_id}
+            self.study.tell(number, "COMPLETE", values=values, attrs=attrs)
+            row.state = "COMPLETE"
+        elif result.get("phase") == "final":
+            self._fail(number, result.get("reason") or "trial failed", result)
+        elif pruned:
+            self.tracker.finish_trial(run_id, "PRUNED", metrics=_numeric(result, self.spec),
+                                      reason=f"dominated at rung epoch {result.get('epoch')}")
+            self.study.tell(number, "PRUNED", attrs={"reason": "dominated at its rung"})
+            row.state = "PRUNED"
+        elif error:
+            self._fail(number, error, result)
+        else:
+            # Stopped by Ctrl-C or the time budget before it finished: free its slot and run its point again later.
+            reason = "interrupted before it finished; its point is queued again"
+            self.tracker.finish_trial(run_id, "FAILED", reason=reason)
+            self.study.tell(number, "FAIL", attrs={"reason": reason})
+            self.study.enqueue(row.params)
+            row.state, row.reason = "INTERRUPTED", reason
+        self._notify()
+
+    def _fail(self, number: int, reason: str, result: dict[str, Any]) -> None:
+        row = self.rows[number]
+        self.tracker.finish_trial(self.run_ids[number], "FAILED", metrics=_numeric(result, self.spec), reason=reason,
+                                  extra_tags={"sweeps.infeasible": str(bool(result.get("infeasible")))})
+        self.study.tell(number, "FAIL", attrs={"reason": reason})
+        row.state, row.reason = "FAILED", reason
+
+    def _notify(self) -> None:
+        if self.listener is not None:
+            self.listener(self)
+
+
+def _numeric(result: dict[str, Any], spec: SweepSpec) -> dict[str, float]:
+    skip = {"trial_number", "epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
+            "pid", "time_since_restore", "iterations_since_restore", "done"}
+    return {k: float(v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip and "/" not in k}
+
+
+def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
+    """Repair what a crashed driver left behind; returns one line per repair."""
+    notes = []
+    records = {r.trial_number: r for r in tracker.trial_records(spec.name)}
+    for trial in study.stale_running():
+        rec = records.get(trial.number)
+        if rec is not None and rec.state == "COMPLETE" and rec.status == "FINISHED":
+            values = [rec.metrics.get(m) for m in spec.metric_names()]
+            if all(v is not None for v in values):
+                study.tell(trial.number, "COMPLETE", values=values,
+                           attrs={"metrics": rec.metrics, "mlflow_run_id": rec.run_id, "reconciled": True})
+                notes.append(f"trial {trial.number}: finished in MLflow, told Optuna now")
+                continue
+        reason = "interrupted: the driver stopped while it ran; its point is queued again"
+        if rec is not None:
+            tracker.finish_trial(rec.run_id, "FAILED", reason=reason)
+        study.tell(trial.number, "FAIL", attrs={"reason": reason})
+        study.enqueue(trial.params)
+        notes.append(f"trial {trial.number}: interrupted, marked FAIL and re-queued")
+    for number in tracker.reconcile_running(spec.name):
+        notes.append(f"trial {number}: MLflow run left RUNNING, marked FAILED")
+    return notes
+
+
+def open_sweep(spec: SweepSpec, spec_text: str) -> tuple[Study, Tracker, str]:
+    study = Study(spec, store.study_storage(spec.infra.study_storage))
+    tracker = Tracker(store.tracking_uri(spec.infra.tracking_uri))
+    parent = tracker.start_sweep(spec.name, spec_text, spec.description,
+                                 extra_tags={"sweeps.base_model": spec.model.base, "sweeps.task": spec.task})
+    return study, tracker, parent
+
+
+def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, listener: Any = None,
+              on_coordinator: Any = None) -> SweepOutcome:
+    started = time.time()
+    study, tracker, parent = open_sweep(spec, spec_text)
+    notes = reconcile(spec, study, tracker)
+    remaining = spec.budget.trials - study.finished()
+    coordinator = Coordinator(spec, study, tracker, parent, max(0, remaining), listener)
+    if on_coordinator:
+        on_coordinator(coordinator)
+    if remaining > 0:
+        prepare(spec)
+        try:
+            execute.run_tune(spec, coordinator, remaining, str(store.store_dir()),
+                             store.ray_address(address or spec.infra.ray_address))
+        finally:
+            execute.shutdown()
+    counts = study.counts()
+    done = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
+    status = "FINISHED" if done >= spec.budget.trials else "KILLED"
+    tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})
+    ran = len([r for r in coordinator.rows.values() if r.ended])
+    return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes)
+
+
+def prepare(spec: SweepSpec) -> None:
+    """Convert/cache the base model and tokenize the data once in the driver, so trials only read caches."""
+    from sweeps.trial import prepare as trial_prepare
+
+    trial_prepare(spec)

@@ -1,0 +1,379 @@
+"""Experiment tracking: the one module that imports mlflow.
+
+Layout: one experiment per sweep, one parent run per sweep (tag sweeps.role=parent), one child run per trial
+(sweeps.role=trial, mlflow.parentRunId). Our trial state lives in the tag sweeps.state, because MLflow has no
+PRUNED status (PRUNED is stored as KILLED).
+
+Every call goes through an explicit `MlflowClient(tracking_uri, registry_uri)`, never the fluent global state
+(mlflow.start_run), so sqlite:///x.db and an `mlflow server` URL behave alike and Trackers never leak into
+each other. Only the sweep driver writes: SQLite locks the whole database per write; parallel writers fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+# Before importing mlflow: its progress bar writes to stderr on every artifact upload and floods sweep logs.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+import mlflow  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+
+from sweeps import store  # noqa: E402
+
+# MLflow logs every alembic migration step of a fresh database, and every registry retry, at INFO.
+for _name in ("mlflow", "alembic"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+_PAGE = 1000  # runs per search page; module-level so a test can force paging with a tiny value
+_MAX_PARAMS, _MAX_TAGS, _MAX_METRICS = 100, 100, 1000  # MLflow's per-log_batch limits
+_REASON_CHARS = 5000  # failure tracebacks stay under MLflow's 8000-char tag limit
+_RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")  # MLflow's run-id rule; keeps filters safe
+STATUS_OF = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
+# Promotions racing on one model name: the SQL store picks max(version)+1, so the loser hits the
+# (name, version) primary key, SQLite's write lock, or the store's own 3 immediate retries running out.
+_RACE_MARKERS = ("RESOURCE_ALREADY_EXISTS", "UNIQUE constraint", "IntegrityError", "database is locked",
+                 "Giving up after", "duplicate key")
+MANIFEST = "manifest.json"
+# Weights as safetensors, config/tokenizer as json/txt/md/model; pickles (.bin/.pt/.pkl) run code when loaded.
+_ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".model"}
+
+
+@dataclass
+class TrialRecord:
+    run_id: str
+    trial_number: int
+    status: str  # MLflow run status: RUNNING, FINISHED, FAILED, KILLED
+    state: str  # our sweeps.state tag: COMPLETE, FAILED, PRUNED, RUNNING
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+    start_time: int
+    end_time: int | None
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def _check_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id or ""):
+        raise ValueError(f"not a run id: {run_id!r}")
+    return run_id
+
+
+# ---------------------------------------------------------------------- adapter manifests
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _adapter_files(root: Path) -> dict[str, Path]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():  # a link could pull a file from outside the adapter dir into the artifact store
+            raise ValueError(f"refusing symlink {rel} in adapter dir {root}")
+        if path.is_file() and rel != MANIFEST:
+            if path.suffix.lower() not in _ALLOWED_SUFFIXES:
+                raise ValueError(f"refusing {rel} in adapter dir {root}: only "
+                                 f"{', '.join(sorted(_ALLOWED_SUFFIXES))} files are uploaded (no pickles)")
+            out[rel] = path
+    return out
+
+
+def write_manifest(adapter_dir: Path) -> str:
+    """Write manifest.json beside the adapter files; return the manifest's own sha256."""
+    files = {rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+             for rel, p in _adapter_files(adapter_dir).items()}
+    if not files:
+        raise ValueError(f"adapter dir {adapter_dir} holds no files")
+    body = json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True).encode()
+    (adapter_dir / MANIFEST).write_bytes(body)
+    return hashlib.sha256(body).hexdigest()
+
+
+def verify_tree(root: Path, manifest_sha256: str | None = None) -> None:
+    """Raise ValueError naming the first file that differs from manifest.json or is missing from it."""
+    manifest = root / MANIFEST
+    if not manifest.is_file():
+        raise ValueError(f"{MANIFEST} missing from adapter {root}")
+    body = manifest.read_bytes()
+    if manifest_sha256 and hashlib.sha256(body).hexdigest() != manifest_sha256:
+        raise ValueError(f"{MANIFEST}: sha256 differs from the run's sweeps.adapter_sha256 tag")
+    listed = json.loads(body)["files"]
+    on_disk = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file() and p != manifest}
+    for rel in sorted(set(on_disk) - set(listed)):
+        raise ValueError(f"{rel}: not listed in {MANIFEST}")
+    for rel, entry in sorted(listed.items()):
+        path = on_disk.get(rel)  # looked up, never joined: a crafted "../x" entry cannot read outside root
+        if path is None:
+            raise ValueError(f"{rel}: listed in {MANIFEST} but missing")
+        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+            raise ValueError(f"{rel}: sha256 mismatch (file changed since upload)")
+
+
+# ---------------------------------------------------------------------- the tracker
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str | None = None):
+        self.tracking_uri = store.tracking_uri(tracking_uri)
+        self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri
+        self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+        self._experiments: dict[str, str] = {}
+
+    def _is_remote(self) -> bool:
+        return urlparse(self.tracking_uri).scheme in {"http", "https", "databricks"}
+
+    def _experiment_id(self, sweep: str, create: bool = False) -> str | None:
+        if sweep in self._experiments:
+            return self._experiments[sweep]
+        store.safe_name(sweep, "sweep name")
+        exp = self.client.get_experiment_by_name(sweep)
+        if exp is None and not create:
+            return None
+        if exp is None:
+            # A server manages its own artifact root; locally artifacts go under <store>/artifacts/<sweep>.
+            location = None if self._is_remote() else (store.artifacts_dir() / sweep).as_uri()
+            try:
+                exp_id = self.client.create_experiment(sweep, location, tags={"sweeps.sweep": sweep})
+            except MlflowException as exc:  # another process created it between our get and create
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp_id = self.client.get_experiment_by_name(sweep).experiment_id
+        else:
+            exp_id = exp.experiment_id
+            if exp.lifecycle_stage == "deleted" and create:
+                self.client.restore_experiment(exp_id)  # a deleted experiment's name cannot be reused
+        self._experiments[sweep] = exp_id
+        return exp_id
+
+    def _search(self, sweep: str, filter_string: str) -> list:
+        """All active runs of a sweep matching a filter, following page tokens."""
+        exp_id = self._experiment_id(sweep)
+        if exp_id is None:
+            return []
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([exp_id], filter_string, ViewType.ACTIVE_ONLY, max_results=_PAGE,
+                                           order_by=["attributes.start_time ASC"], page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _trial_runs(self, sweep: str, extra: str = "") -> list:
+        return self._search(sweep, "tags.`sweeps.role` = 'trial'" + extra)
+
+    def _set_tags(self, run_id: str, tags: dict) -> None:
+        for chunk in _chunks([RunTag(k, str(v)) for k, v in tags.items()], _MAX_TAGS):
+            self.client.log_batch(run_id, tags=chunk)
+
+    def _fail(self, run_id: str, reason: str) -> None:
+        self._set_tags(run_id, {"sweeps.state": "FAILED", "sweeps.failure_reason": reason[:_REASON_CHARS]})
+        self.client.set_terminated(run_id, "FAILED")
+
+    # ------------------------------------------------------------------ sweeps and trials
+
+    def parent_run(self, sweep: str) -> str | None:
+        runs = self._search(sweep, "tags.`sweeps.role` = 'parent'")
+        return runs[0].info.run_id if runs else None
+
+    def start_sweep(self, name: str, spec_yaml: str, description: str = "",
+                    extra_tags: dict | None = None) -> str:
+        exp_id = self._experiment_id(name, create=True)
+        run_id = self.parent_run(name)
+        if run_id is None:
+            tags = {"sweeps.role": "parent", "sweeps.sweep": name}
+            run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        else:  # resume: one parent per sweep however often the driver restarts
+            self.client.update_run(run_id, status="RUNNING")
+        self._set_tags(run_id, {"mlflow.note.content": description, **(extra_tags or {})})
+        self.client.log_text(run_id, spec_yaml, "spec.yaml")
+        return run_id
+
+    def finish_sweep(self, parent_run_id: str, status: str = "FINISHED", metrics: dict | None = None,
+                     tags: dict | None = None) -> None:
+        self.log_metrics(parent_run_id, metrics or {})
+        self._set_tags(parent_run_id, tags or {})
+        self.client.set_terminated(parent_run_id, status)
+
+    def start_trial(self, sweep: str, parent_run_id: str, trial_number: int, params: dict,
+                    tags: dict | None = None) -> str:
+        exp_id = self._experiment_id(sweep, create=True)
+        wanted = {k: str(v) for k, v in params.items()}  # MLflow stores str(value): compare like with like
+        found = self._trial_runs(sweep, f" AND tags.`sweeps.trial_number` = '{int(trial_number)}'")
+        if not found:
+            run = self.client.create_run(exp_id, run_name=f"trial-{trial_number:04d}", tags={
+                "mlflow.parentRunId": parent_run_id, "sweeps.role": "trial", "sweeps.sweep": sweep,
+                "sweeps.trial_number": str(trial_number), "sweeps.state": "RUNNING"})
+            missing = wanted
+        else:
+            run, have = found[0], found[0].data.params
+            clash = [f"{k}: {have[k]!r} != {v!r}" for k, v in wanted.items() if k in have and have[k] != v]
+            if clash:  # MLflow refuses to change a logged param; name the keys instead of its generic error
+                raise ValueError(f"trial {trial_number} of {sweep} was logged with other params: {clash}")
+            missing = {k: v for k, v in wanted.items() if k not in have}
+            self.client.update_run(run.info.run_id, status="RUNNING")
+        run_id = run.info.run_id
+        for chunk in _chunks([Param(k, v) for k, v in missing.items()], _MAX_PARAMS):
+            self.client.log_batch(run_id, params=chunk)
+        self._set_tags(run_id, {"sweeps.state": "RUNNING", **(tags or {})})
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        # NaN/inf would poison MLflow's charts and the Pareto front; a skipped value reads as "not measured".
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if v is not None and math.isfinite(float(v))]
+        for chunk in _chunks(items, _MAX_METRICS):
+            self.client.log_batch(run_id, metrics=chunk)
+
+    def finish_trial(self, run_id: str, state: str, metrics: dict | None = None,
+                     adapter_dir: Path | None = None, reason: str | None = None,
+                     extra_tags: dict | None = None) -> None:
+        """Close a trial. Everything is written before the status flips, so a FINISHED run always has its
+        adapter; if the adapter is refused or its upload fails, the run becomes FAILED and the error is
+        re-raised."""
+        if state not in STATUS_OF:
+            raise ValueError(f"state must be one of {sorted(STATUS_OF)}, got {state!r}")
+        tags = {"sweeps.state": state, **(extra_tags or {})}
+        if adapter_dir is not None:
+            try:
+                tags["sweeps.adapter_sha256"] = write_manifest(Path(adapter_dir))
+                self.client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+            except Exception as exc:
+                self._fail(run_id, f"adapter upload failed: {exc}")
+                raise
+        self.log_metrics(run_id, metrics or {})
+        if reason:
+            tags["sweeps.failure_reason"] = reason[:_REASON_CHARS]
+        self._set_tags(run_id, tags)
+        self.client.set_terminated(run_id, STATUS_OF[state])
+
+    def reconcile_running(self, sweep: str,
+                          reason: str = "driver stopped before the trial finished") -> list[int]:
+        """Trials left RUNNING by a crashed driver become FAILED (not KILLED: KILLED means pruned here)."""
+        stale = self._trial_runs(sweep, " AND attributes.status = 'RUNNING'")
+        for run in stale:
+            self._fail(run.info.run_id, reason)
+        return sorted(int(r.data.tags["sweeps.trial_number"]) for r in stale)
+
+    def trial_records(self, sweep: str) -> list[TrialRecord]:
+        records = [TrialRecord(
+            run_id=r.info.run_id, trial_number=int(r.data.tags["sweeps.trial_number"]), status=r.info.status,
+            state=r.data.tags.get("sweeps.state", ""), params=dict(r.data.params),
+            metrics=dict(r.data.metrics), tags=dict(r.data.tags), start_time=r.info.start_time,
+            end_time=r.info.end_time,
+        ) for r in self._trial_runs(sweep)]
+        return sorted(records, key=lambda rec: rec.trial_number)
+
+    def sweeps(self) -> list[dict]:
+        rows, token = [], None
+        while True:
+            page = self.client.search_experiments(ViewType.ACTIVE_ONLY, max_results=_PAGE, page_token=token)
+            rows += [self._sweep_row(exp) for exp in page if "sweeps.sweep" in exp.tags]
+            token = page.token
+            if not token:
+                return sorted(rows, key=lambda r: r["name"])
+
+    def _sweep_row(self, exp) -> dict:
+        self._experiments[exp.name] = exp.experiment_id
+        parent = self._search(exp.name, "tags.`sweeps.role` = 'parent'")
+        info = parent[0].info if parent else None
+        states = [r.data.tags.get("sweeps.state", "") for r in self._trial_runs(exp.name)]
+        return {"name": exp.name, "experiment_id": exp.experiment_id, "parent_run_id": info and info.run_id,
+                "status": info and info.status, "start_time": info and info.start_time, "trials": len(states),
+                **{s.lower(): states.count(s) for s in ("COMPLETE", "FAILED", "PRUNED", "RUNNING")},
+                "description": parent[0].data.tags.get("mlflow.note.content", "") if parent else ""}
+
+    # ------------------------------------------------------------------ artifacts
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def download_adapter(self, run_id: str, dst: Path) -> Path:
+        """Fetch artifact "adapter" and check every file against manifest.json, and the manifest itself
+        against the run's sweeps.adapter_sha256 tag (so a rewritten manifest is caught too)."""
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        local = Path(self.client.download_artifacts(run_id, "adapter", str(dst)))
+        verify_tree(local, self.client.get_run(run_id).data.tags.get("sweeps.adapter_sha256"))
+        return local
+
+    # ------------------------------------------------------------------ model registry primitives
+
+    def find_version(self, name: str, run_id: str) -> str | None:
+        store.safe_name(name, "model name")
+        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
+        ours = [int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id]
+        return str(min(ours)) if ours else None
+
+    def _ensure_registered_model(self, name: str) -> None:
+        try:
+            self.client.create_registered_model(name, tags={"sweeps.kind": "peft-adapter"})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def create_version(self, name: str, run_id: str, tags: dict, description: str = "",
+                       attempts: int = 8) -> str:
+        """A new model version whose source is the run's adapter dir (plain files, not an MLmodel)."""
+        store.safe_name(name, "model name")
+        source = self.client.get_run(_check_run_id(run_id)).info.artifact_uri.rstrip("/") + "/adapter"
+        tags = {**{k: str(v) for k, v in tags.items()}, "sweeps.source_run_id": run_id}
+        for attempt in range(attempts):
+            try:
+                self._ensure_registered_model(name)
+                return str(self.client.create_model_version(
+                    name, source, run_id=run_id, tags=tags, description=description, await_creation_for=0,
+                ).version)
+            except Exception as exc:  # MlflowException or a raw SQLAlchemy error, depending on the store
+                if attempt == attempts - 1 or not any(m in str(exc) for m in _RACE_MARKERS):
+                    raise
+            # The failed call may have committed anyway (say, a lost HTTP response): never make a duplicate.
+            existing = self.find_version(name, run_id)
+            if existing:
+                return existing
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # jitter spreads racing promoters apart
+        raise AssertionError("unreachable")
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, str(version))
+
+    def set_version_tags(self, name: str, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
+    def version_info(self, name: str, version_or_alias: str) -> dict:
+        ref = str(version_or_alias)
+        mv = (self.client.get_model_version(name, ref) if ref.isdigit()
+              else self.client.get_model_version_by_alias(name, ref))
+        return {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
+                "tags": dict(mv.tags), "aliases": list(mv.aliases), "description": mv.description or "",
+                "creation_time": mv.creation_timestamp}
+
+    def ui_hint(self) -> str:
+        if self._is_remote():
+            return f"open {self.tracking_uri} (MLflow UI of the tracking server)"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri}"
