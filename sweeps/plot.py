@@ -113,8 +113,8 @@ def pareto_plot(
 
     2 objectives: obj0 vs obj1 with the front as a staircase.  3+ objectives: one panel per (obj0, obj_k),
     the third objective (obj2) as the colour of front points in every panel.  Dominated trials are grey,
-    front trials larger and outlined, the chosen one a red star; every point carries its trial number (its
-    index in `trials`).
+    front trials larger and outlined, the chosen one a red star; every point carries its trial number (a
+    "trial_number" key of the trial when present, else its index in `trials`).
     """
     if len(objectives) < 2:
         raise ValueError(f"pareto_plot needs at least 2 objectives, got {len(objectives)}")
@@ -128,7 +128,7 @@ def pareto_plot(
         len(trials), len(names)
     )
     fr = np.asarray(front, dtype=bool)
-    ids = list(range(len(trials)))
+    ids = [int(t.get("trial_number", i)) for i, t in enumerate(trials)]
 
     npanels = len(names) - 1
     cols = min(npanels, 2)

@@ -336,30 +336,38 @@ class Tracker:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
 
-    def create_version(self, name: str, run_id: str, tags: dict, description: str = "",
-                       attempts: int = 8) -> str:
+    def _retry_race(self, call, attempts: int = 8, recheck=None):
+        """Run a registry write, retrying with jitter when it lost a race to another promoter."""
+        for attempt in range(attempts):
+            try:
+                return call()
+            except Exception as exc:  # MlflowException or a raw SQLAlchemy error, depending on the store
+                if attempt == attempts - 1 or not any(m in str(exc) for m in _RACE_MARKERS):
+                    raise
+            done = recheck() if recheck else None
+            if done:
+                return done
+            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # jitter spreads racing promoters apart
+        raise AssertionError("unreachable")
+
+    def create_version(self, name: str, run_id: str, tags: dict, description: str = "") -> str:
         """A new model version whose source is the run's adapter dir (plain files, not an MLmodel)."""
         store.safe_name(name, "model name")
         source = self.client.get_run(_check_run_id(run_id)).info.artifact_uri.rstrip("/") + "/adapter"
         tags = {**{k: str(v) for k, v in tags.items()}, "sweeps.source_run_id": run_id}
-        for attempt in range(attempts):
-            try:
-                self._ensure_registered_model(name)
-                return str(self.client.create_model_version(
-                    name, source, run_id=run_id, tags=tags, description=description, await_creation_for=0,
-                ).version)
-            except Exception as exc:  # MlflowException or a raw SQLAlchemy error, depending on the store
-                if attempt == attempts - 1 or not any(m in str(exc) for m in _RACE_MARKERS):
-                    raise
-            # The failed call may have committed anyway (say, a lost HTTP response): never make a duplicate.
-            existing = self.find_version(name, run_id)
-            if existing:
-                return existing
-            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # jitter spreads racing promoters apart
-        raise AssertionError("unreachable")
+
+        def create() -> str:
+            self._ensure_registered_model(name)
+            return str(self.client.create_model_version(
+                name, source, run_id=run_id, tags=tags, description=description, await_creation_for=0,
+            ).version)
+
+        # The failed call may have committed anyway (say, a lost HTTP response): recheck, never duplicate.
+        return self._retry_race(create, recheck=lambda: self.find_version(name, run_id))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self.client.set_registered_model_alias(name, alias, str(version))
+        # MLflow reads the alias, then inserts or updates it: two promoters setting "champion" at once collide.
+        self._retry_race(lambda: self.client.set_registered_model_alias(name, alias, str(version)))
 
     def set_version_tags(self, name: str, version: str, tags: dict) -> None:
         for key, value in tags.items():
