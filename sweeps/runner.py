@@ -167,6 +167,13 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
     return notes
 
 
+def budget(spec: SweepSpec) -> int:
+    """Trials the sweep asks for; a grid never asks for more points than it has."""
+    from sweeps.search import grid_size
+
+    return min(spec.budget.trials, grid_size(spec)) if spec.search.sampler == "grid" else spec.budget.trials
+
+
 def open_sweep(spec: SweepSpec, spec_text: str) -> tuple[Study, Tracker, str]:
     study = Study(spec, store.study_storage(spec.infra.study_storage))
     tracker = Tracker(store.tracking_uri(spec.infra.tracking_uri))
@@ -180,7 +187,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     started = time.time()
     study, tracker, parent = open_sweep(spec, spec_text)
     notes = reconcile(spec, study, tracker)
-    remaining = spec.budget.trials - study.finished()
+    remaining = budget(spec) - study.finished()
     coordinator = Coordinator(spec, study, tracker, parent, max(0, remaining), listener)
     if on_coordinator:
         on_coordinator(coordinator)
@@ -193,7 +200,7 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
             execute.shutdown()
     counts = study.counts()
     done = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
-    status = "FINISHED" if done >= spec.budget.trials else "KILLED"
+    status = "FINISHED" if done >= budget(spec) else "KILLED"
     tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})
     ran = len([r for r in coordinator.rows.values() if r.ended])
     return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -122,7 +123,9 @@ class Study:
                 f"study {spec.name!r} already exists with directions {stored}, the spec asks {spec.directions()}; "
                 "rename the sweep to start a new study"
             )
-        self.study.set_metric_names(spec.metric_names())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.study.set_metric_names(spec.metric_names())
 
     def ask(self) -> tuple[int, dict[str, Any]]:
         trial = _retry(lambda: self.study.ask(self.dists), "ask")
@@ -132,8 +135,14 @@ class Study:
         for key, value in (attrs or {}).items():
             _retry(lambda k=key, v=value: self.study._storage.set_trial_user_attr(self._id(number), k, v), "attr")
         target = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[state]
-        _retry(lambda: self.study.tell(number, values if target == TrialState.COMPLETE else None, state=target),
-               "tell")
+        try:
+            _retry(lambda: self.study.tell(number, values if target == TrialState.COMPLETE else None, state=target),
+                   "tell")
+        except RuntimeError as exc:
+            # GridSampler calls study.stop() once the grid is covered, which only works inside optimize(); the
+            # state was stored before it raised (optuna's _tell stores in a `finally`), so nothing is lost.
+            if "Study.stop" not in str(exc):
+                raise
 
     def set_attr(self, number: int, key: str, value: Any) -> None:
         _retry(lambda: self.study._storage.set_trial_user_attr(self._id(number), key, value), "attr")

@@ -1,0 +1,126 @@
+"""Spec -> Optuna: distributions, samplers, persistence, reconciliation helpers, lock retries."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from sweeps import search
+from sweeps.spec import parse_yaml, validate_dict
+
+SPEC = """
+name: s
+model: {base: bundled:all-minilm-l6-v2}
+data: {source: bundled:drug-reviews}
+search:
+  sampler: SAMPLER
+  space:
+    rank: [4, 8, 16]
+    learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}
+    epochs: {type: int, low: 1, high: 3}
+objectives:
+  - {metric: macro_f1, direction: maximize}
+  - {metric: peak_memory_mb, direction: minimize}
+budget: {trials: 6, concurrency: 2}
+"""
+
+
+def _spec(sampler="tpe", text=SPEC):
+    return validate_dict(parse_yaml(text.replace("SAMPLER", sampler)))
+
+
+def test_distributions_follow_the_axes():
+    d = search.distributions(_spec())
+    assert d["rank"].choices == (4, 8, 16)
+    assert d["learning_rate"].log and d["learning_rate"].low == 1e-4
+    assert (d["epochs"].low, d["epochs"].high) == (1, 3)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+def test_ask_tell_persists_and_resumes(tmp_path, sampler):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = search.Study(_spec(sampler), url)
+    n, params = study.ask()
+    assert set(params) == {"rank", "learning_rate", "epochs"} and 1e-4 <= params["learning_rate"] <= 1e-2
+    study.tell(n, "COMPLETE", [0.5, 100.0], attrs={"metrics": {"macro_f1": 0.5}})
+    n2, _ = study.ask()
+    study.tell(n2, "PRUNED")
+    n3, _ = study.ask()  # left RUNNING, as a crashed driver would
+    again = search.Study(_spec(sampler), url)
+    assert again.counts() == {"COMPLETE": 1, "PRUNED": 1, "RUNNING": 1}
+    assert again.finished() == 2
+    assert [t.number for t in again.stale_running()] == [n3]
+    assert again.trials()[0].attrs["metrics"] == {"macro_f1": 0.5}
+
+
+def test_enqueued_point_is_asked_next(tmp_path):
+    study = search.Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
+    n, params = study.ask()
+    study.tell(n, "FAIL")
+    study.enqueue(params)
+    assert study.waiting() == 1
+    n2, params2 = study.ask()
+    assert params2 == params and n2 == n + 1
+
+
+def test_grid_covers_every_point(tmp_path):
+    text = SPEC.replace("learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}",
+                        "learning_rate: [1e-3, 1e-2]")
+    spec = _spec("grid", text)
+    assert search.grid_size(spec) == 3 * 2 * 3
+    study = search.Study(spec, f"sqlite:///{tmp_path / 'o.db'}")
+    seen = set()
+    for _ in range(18):
+        n, p = study.ask()
+        seen.add((p["rank"], p["learning_rate"], p["epochs"]))
+        study.tell(n, "COMPLETE", [0.1, 1.0])
+    assert len(seen) == 18
+
+
+def test_changed_directions_are_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    search.Study(_spec(), url)
+    flipped = SPEC.replace("metric: peak_memory_mb, direction: minimize", "metric: peak_memory_mb, direction: maximize")
+    with pytest.raises(ValueError, match="directions"):
+        search.Study(_spec(text=flipped), url)
+
+
+def test_locked_database_is_retried(tmp_path):
+    """Another process holds the write lock past SQLite's timeout: the call waits and succeeds afterwards."""
+    path = tmp_path / "o.db"
+    study = search.Study(_spec(), f"sqlite:///{path}")
+    locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN EXCLUSIVE")
+    calls = []
+    real = search._retry
+
+    def release_later():
+        time.sleep(1.5)
+        locker.execute("COMMIT")
+
+    threading.Thread(target=release_later, daemon=True).start()
+    n, _ = real(lambda: (calls.append(1), study.ask())[1], "ask")
+    assert n == 0
+    locker.close()
+
+
+def test_retry_gives_up_on_other_errors():
+    def boom():
+        raise RuntimeError("disk I/O error")
+
+    with pytest.raises(RuntimeError, match="disk"):
+        search._retry(boom, "x")
+
+
+def test_retry_retries_locked_errors(monkeypatch):
+    monkeypatch.setattr(search.time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert search._retry(flaky, "x") == "ok" and len(calls) == 3
