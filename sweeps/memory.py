@@ -12,7 +12,6 @@ Short spikes between two samples can be missed; 5 ms is well below one training 
 from __future__ import annotations
 
 import threading
-import time
 
 import torch
 

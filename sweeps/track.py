@@ -11,13 +11,12 @@ each other. Only the sweep driver writes: SQLite locks the whole database per wr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
 import random
 import re
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from sweeps import store  # noqa: E402
+from sweeps.manifest import verify_tree, write_manifest  # noqa: E402,F401
 
 # MLflow logs every alembic migration step of a fresh database, and every registry retry, at INFO.
 for _name in ("mlflow", "alembic"):
@@ -45,9 +45,6 @@ STATUS_OF = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
 # (name, version) primary key, SQLite's write lock, or the store's own 3 immediate retries running out.
 _RACE_MARKERS = ("RESOURCE_ALREADY_EXISTS", "UNIQUE constraint", "IntegrityError", "database is locked",
                  "Giving up after", "duplicate key")
-MANIFEST = "manifest.json"
-# Weights as safetensors, config/tokenizer as json/txt/md/model; pickles (.bin/.pt/.pkl) run code when loaded.
-_ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".model"}
 
 
 @dataclass
@@ -74,62 +71,6 @@ def _check_run_id(run_id: str) -> str:
     return run_id
 
 
-# ---------------------------------------------------------------------- adapter manifests
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _adapter_files(root: Path) -> dict[str, Path]:
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():  # a link could pull a file from outside the adapter dir into the artifact store
-            raise ValueError(f"refusing symlink {rel} in adapter dir {root}")
-        if path.is_file() and rel != MANIFEST:
-            if path.suffix.lower() not in _ALLOWED_SUFFIXES:
-                raise ValueError(f"refusing {rel} in adapter dir {root}: only "
-                                 f"{', '.join(sorted(_ALLOWED_SUFFIXES))} files are uploaded (no pickles)")
-            out[rel] = path
-    return out
-
-
-def write_manifest(adapter_dir: Path) -> str:
-    """Write manifest.json beside the adapter files; return the manifest's own sha256."""
-    files = {rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
-             for rel, p in _adapter_files(adapter_dir).items()}
-    if not files:
-        raise ValueError(f"adapter dir {adapter_dir} holds no files")
-    body = json.dumps({"algorithm": "sha256", "files": files}, indent=2, sort_keys=True).encode()
-    (adapter_dir / MANIFEST).write_bytes(body)
-    return hashlib.sha256(body).hexdigest()
-
-
-def verify_tree(root: Path, manifest_sha256: str | None = None) -> None:
-    """Raise ValueError naming the first file that differs from manifest.json or is missing from it."""
-    manifest = root / MANIFEST
-    if not manifest.is_file():
-        raise ValueError(f"{MANIFEST} missing from adapter {root}")
-    body = manifest.read_bytes()
-    if manifest_sha256 and hashlib.sha256(body).hexdigest() != manifest_sha256:
-        raise ValueError(f"{MANIFEST}: sha256 differs from the run's sweeps.adapter_sha256 tag")
-    listed = json.loads(body)["files"]
-    on_disk = {p.relative_to(root).as_posix(): p for p in root.rglob("*") if p.is_file() and p != manifest}
-    for rel in sorted(set(on_disk) - set(listed)):
-        raise ValueError(f"{rel}: not listed in {MANIFEST}")
-    for rel, entry in sorted(listed.items()):
-        path = on_disk.get(rel)  # looked up, never joined: a crafted "../x" entry cannot read outside root
-        if path is None:
-            raise ValueError(f"{rel}: listed in {MANIFEST} but missing")
-        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
-            raise ValueError(f"{rel}: sha256 mismatch (file changed since upload)")
-
-
 # ---------------------------------------------------------------------- the tracker
 
 
@@ -148,7 +89,7 @@ class Tracker:
             return self._experiments[sweep]
         store.safe_name(sweep, "sweep name")
         exp = self.client.get_experiment_by_name(sweep)
-        if exp is None and not create:
+        if not create and (exp is None or exp.lifecycle_stage == "deleted"):
             return None
         if exp is None:
             # A server manages its own artifact root; locally artifacts go under <store>/artifacts/<sweep>.
@@ -161,7 +102,7 @@ class Tracker:
                 exp_id = self.client.get_experiment_by_name(sweep).experiment_id
         else:
             exp_id = exp.experiment_id
-            if exp.lifecycle_stage == "deleted" and create:
+            if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp_id)  # a deleted experiment's name cannot be reused
         self._experiments[sweep] = exp_id
         return exp_id
@@ -313,6 +254,14 @@ class Tracker:
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
 
+    def sweep_spec_text(self, sweep: str) -> str | None:
+        """The spec YAML the sweep was last started with (artifact spec.yaml of its parent run)."""
+        run_id = self.parent_run(sweep)
+        if run_id is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix="sweeps-spec-") as tmp:
+            return Path(self.client.download_artifacts(run_id, "spec.yaml", tmp)).read_text(encoding="utf-8")
+
     def download_adapter(self, run_id: str, dst: Path) -> Path:
         """Fetch artifact "adapter" and check every file against manifest.json, and the manifest itself
         against the run's sweeps.adapter_sha256 tag (so a rewritten manifest is caught too)."""
@@ -374,9 +323,16 @@ class Tracker:
             self.client.set_model_version_tag(name, str(version), key, str(value))
 
     def version_info(self, name: str, version_or_alias: str) -> dict:
+        """Raises LookupError for an unknown model, version or alias (callers cannot catch MlflowException)."""
         ref = str(version_or_alias)
-        mv = (self.client.get_model_version(name, ref) if ref.isdigit()
-              else self.client.get_model_version_by_alias(name, ref))
+        try:
+            mv = (self.client.get_model_version(name, ref) if ref.isdigit()
+                  else self.client.get_model_version_by_alias(name, ref))
+        except MlflowException as exc:
+            # A missing alias comes back as INVALID_PARAMETER_VALUE, a missing version as RESOURCE_DOES_NOT_EXIST.
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in exc.message:
+                raise LookupError(f"no model version {name}{'/' if ref.isdigit() else '@'}{ref}") from None
+            raise
         return {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
                 "tags": dict(mv.tags), "aliases": list(mv.aliases), "description": mv.description or "",
                 "creation_time": mv.creation_timestamp}

@@ -54,7 +54,8 @@ def test_yaml_11_exponent_floats_are_floats():
 
 
 def test_three_distinct_mistakes_are_all_reported_with_paths():
-    text = BASE.replace("name: t", "name: t\nbudgett: {trials: 3}").replace("rank: [4, 8]", "rank: [4, 8]\n    rnk: [1]")
+    text = BASE.replace("name: t", "name: t\nbudgett: {trials: 3}")
+    text = text.replace("rank: [4, 8]", "rank: [4, 8]\n    rnk: [1]")
     text += "params: {rank: 0}\n"
     issues = _issues(text)
     joined = "\n".join(issues)

@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from _tiny import tiny_bert, toy_reviews
 
 SWEEP = Path(sys.executable).parent / "sweep"

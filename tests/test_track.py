@@ -170,6 +170,9 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     assert registry.resolve(tracker, "models:/promo-model@champion")["run_id"] == second
     assert registry.resolve(tracker, "models:/promo-model@pareto-lowmem")["version"] == "1"
     assert registry.resolve(tracker, "promo-model/1")["aliases"] == ["pareto-lowmem"]
+    for missing in ("promo-model@nobody", "promo-model/9", "no-such-model/1"):
+        with pytest.raises(LookupError):
+            registry.resolve(tracker, missing)
     with pytest.raises(ValueError, match="latest"):
         registry.promote(tracker, "promo-model", second, ["latest"], {})
 
@@ -197,7 +200,8 @@ def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
 
     def promote(run_id: str) -> None:
         try:  # a Tracker per thread, like separate `sweep promote` processes
-            results[run_id] = registry.promote(Tracker(tracker.tracking_uri), "race-model", run_id, [], {})
+            t = Tracker(tracker.tracking_uri)
+            results[run_id] = registry.promote(t, "race-model", run_id, ["champion"], {})
         except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
             errors.append(exc)
 
@@ -211,6 +215,31 @@ def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
     assert all(created for _, created in results.values())
     for run_id, (version, _) in results.items():
         assert tracker.find_version("race-model", run_id) == version
+    assert registry.resolve(tracker, "race-model@champion")["version"] in {"1", "2", "3", "4", "5", "6"}
+
+
+def test_create_version_retries_lost_race(tracker, tmp_path, monkeypatch):
+    # SQLite serialises writers, so real collisions rarely reach us; Postgres and a tracking server let the
+    # loser of max(version)+1 see the unique-constraint error. Simulate two lost races, then success.
+    run_id = _completed_trial(tracker, tmp_path, "retry")
+    real, calls = tracker.client.create_model_version, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: model_versions.version")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tracker.client, "create_model_version", flaky)
+    assert tracker.create_version("retry-model", run_id, {"sweep": "retry"}) == "1"
+    assert len(calls) == 3
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("permission denied")
+
+    monkeypatch.setattr(tracker.client, "create_model_version", broken)
+    with pytest.raises(RuntimeError, match="permission denied"):  # not a race: no retry
+        tracker.create_version("other-model", run_id, {})
 
 
 def test_finish_trial_rejects_unknown_state(tracker):

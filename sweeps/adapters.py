@@ -1,0 +1,182 @@
+"""PEFT adapters: which modules a target group means per architecture, applying LoRA/DoRA/rsLoRA, save/load.
+
+Target groups are resolved on *full* module names, split into (block index, path inside the block), and the
+path must equal one of the family's names exactly. Suffix matching is wrong for BERT: `output.dense` (FFN out)
+is also a suffix of `attention.output.dense` (attention out).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from transformers.pytorch_utils import Conv1D
+
+from sweeps.params import TrialParams, resolve_layers
+
+# family -> group -> module paths inside one transformer block
+ARCH_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
+    "bert": {
+        "attention": ("attention.self.query", "attention.self.key", "attention.self.value",
+                      "attention.output.dense"),
+        "ffn": ("intermediate.dense", "output.dense"),
+    },
+    "distilbert": {
+        "attention": ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
+        "ffn": ("ffn.lin1", "ffn.lin2"),
+    },
+    "llama": {
+        "attention": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),
+        "ffn": ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+    },
+    "gpt2": {  # Conv1D layers: weights stored (in, out), hence fan_in_fan_out=True
+        "attention": ("attn.c_attn", "attn.c_proj"),
+        "ffn": ("mlp.c_fc", "mlp.c_proj"),
+    },
+}
+# config.model_type -> family
+MODEL_TYPES = {
+    "bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "camembert": "bert", "electra": "bert",
+    "distilbert": "distilbert",
+    "llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gemma": "llama",
+    "gemma2": "llama",
+    "gpt2": "gpt2",
+}
+# Classification heads, trained in full (modules_to_save); never LoRA targets.
+HEAD_MODULES = ("classifier", "score", "pooler", "pre_classifier")
+# `<anything>.<layer|layers|h|block>.<index>.<path inside the block>`
+_BLOCK = re.compile(r"^(?:.*\.)?(?:layer|layers|h|block|blocks)\.(\d+)\.(.+)$")
+
+
+class TargetError(ValueError):
+    """The architecture has no known target groups (or the layer range is out of bounds)."""
+
+
+def _linear_types() -> tuple[type, ...]:
+    # bitsandbytes' Linear8bitLt / Linear4bit subclass nn.Linear, so quantized bases resolve the same way.
+    return (torch.nn.Linear, Conv1D)
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    return [name for name, mod in model.named_modules() if isinstance(mod, _linear_types())]
+
+
+def family(model: torch.nn.Module) -> str | None:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return MODEL_TYPES.get(model_type)
+
+
+def _num_blocks(model: torch.nn.Module) -> int:
+    config = model.config
+    for attr in ("num_hidden_layers", "n_layer", "n_layers"):
+        if isinstance(getattr(config, attr, None), int):
+            return getattr(config, attr)
+    raise TargetError(f"cannot tell how many blocks {type(model).__name__} has")
+
+
+def target_modules(model: torch.nn.Module, target: str, layers: str = "all") -> list[str]:
+    """Full names of the linear modules in group `target` (attention | ffn | all-linear) of the chosen blocks."""
+    fam = family(model)
+    names = _linear_names(model)
+    if fam is None:
+        suffixes = sorted({m.group(2) if (m := _BLOCK.match(n)) else n for n in names})
+        raise TargetError(
+            f"no target groups known for model_type {getattr(model.config, 'model_type', '?')!r} "
+            f"(known: {', '.join(sorted(MODEL_TYPES))}); its linear modules are: {', '.join(suffixes)}"
+        )
+    groups = ARCH_GROUPS[fam]
+    if target == "all-linear":
+        wanted = set(groups["attention"]) | set(groups["ffn"])
+    elif target in groups:
+        wanted = set(groups[target])
+    else:
+        raise TargetError(f"unknown target group {target!r}; allowed: attention, ffn, all-linear")
+    try:
+        blocks = resolve_layers(layers, _num_blocks(model))
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
+    out = []
+    for name in names:
+        match = _BLOCK.match(name)
+        if not match or match.group(2) not in wanted:
+            continue
+        if blocks is not None and int(match.group(1)) not in blocks:
+            continue
+        if any(part in HEAD_MODULES for part in name.split(".")):
+            continue
+        out.append(name)
+    if not out:
+        raise TargetError(f"target={target!r} layers={layers!r} matched no module in {type(model).__name__}")
+    return out
+
+
+def _head_modules(model: torch.nn.Module) -> list[str]:
+    """Top-level-ish head modules present in the model (classifier/score, and BERT's pooler)."""
+    present = set()
+    for name, _ in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if last in HEAD_MODULES and not _BLOCK.match(name):
+            present.add(last)
+    return sorted(present)
+
+
+def apply_peft(model: torch.nn.Module, params: TrialParams, task: str, num_labels: int | None = None) -> PeftModel:
+    targets = target_modules(model, params.target, params.layers)
+    if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
+        # Casts the non-quantized params (norms, head) to fp32 and freezes the base; no checkpointing: it
+        # trades compute for memory, and compute is what a CPU trial is short of.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    config = LoraConfig(
+        r=params.rank,
+        lora_alpha=params.lora_alpha(),
+        lora_dropout=params.dropout,
+        target_modules=targets,
+        use_dora=params.method == "dora",
+        use_rslora=params.method == "rslora",
+        fan_in_fan_out=family(model) == "gpt2",
+        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
+        modules_to_save=_head_modules(model) if task == "classification" else None,
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total). modules_to_save keeps a frozen original next to the trained copy: both are counted in
+    total, as both are held in memory."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # packed: two 4-bit values per stored uint8
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+_PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    model.save_pretrained(str(out), safe_serialization=True)
+    pickles = [p.name for p in out.rglob("*") if p.suffix in _PICKLES]
+    if pickles:
+        raise RuntimeError(f"pickle files written to {out}: {pickles}")
+    if not (out / "adapter_model.safetensors").is_file():
+        raise RuntimeError(f"{out}: adapter_model.safetensors was not written")
+    return out
+
+
+def load_adapter(base_model: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
+    """Attach a saved adapter (inference mode). Refuses directories holding pickles: only safetensors load."""
+    path = Path(adapter_dir)
+    pickles = [p.name for p in path.rglob("*") if p.suffix in _PICKLES]
+    if pickles:
+        raise ValueError(f"refusing to load adapter {path}: it contains pickle files {pickles}; "
+                         "only adapter_model.safetensors is accepted")
+    if not (path / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: no adapter_model.safetensors")
+    return PeftModel.from_pretrained(base_model, str(path), is_trainable=False, use_safetensors=True)

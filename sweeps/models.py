@@ -1,0 +1,201 @@
+"""Base models and tokenizers: resolve, (de)quantize with bitsandbytes, load, measure.
+
+Never runs code shipped with a model (trust_remote_code=False) and loads safetensors only, so a model file can
+not execute anything on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from sweeps import bundled
+from sweeps.params import TrialParams
+from sweeps.spec import ModelSpec
+from sweeps.store import cache_dir
+
+# Classification heads stay in full precision: bitsandbytes layers there break the forward pass (DESIGN.md), and
+# the head is trained anyway. transformers matches these from the start of a module name, as a regex, or as a
+# suffix; the pooler sits under the base prefix (`bert.pooler.dense`), hence the regex.
+HEAD_SKIP_PATTERNS = ["classifier", "score", r".*pooler", "lm_head"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ---------------------------------------------------------------- where the weights are
+
+
+def resolve_base(model: ModelSpec) -> Path | str:
+    """A local directory (bundled or user's) as a Path; anything else is a hub id, returned as a string."""
+    base = model.base
+    if base.startswith("bundled:"):
+        name = base.removeprefix("bundled:")
+        path = bundled.model_path(name)
+        if path.suffix == ".gguf":
+            return _dequantized_gguf(name, path)
+        return path
+    local = Path(base).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    return base
+
+
+def _dequantized_gguf(name: str, gguf: Path) -> Path:
+    """transformers dequantizes a GGUF to fp32 on every load (~14 s): do it once, keep safetensors in the cache."""
+    final = cache_dir() / "models" / name
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, final)  # atomic: a concurrent trial sees the whole directory or none of it
+    except OSError:
+        if not (final / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
+    return final
+
+
+def content_hash(base: Path | str) -> str:
+    """sha256 over a local model's *.safetensors (name + bytes, sorted); for a hub id, a hash of the id."""
+    h = hashlib.sha256()
+    path = Path(base)
+    if not path.is_dir():
+        h.update(f"hub:{base}".encode())
+        return h.hexdigest()
+    for file in sorted(path.glob("*.safetensors")):
+        h.update(file.name.encode())
+        with open(file, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_tokenizer(base: Path | str, revision: str | None = None) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(base), revision=revision, trust_remote_code=False)
+    if tokenizer.pad_token is None:  # Llama/GPT-2 ship without one; padding positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(params: TrialParams) -> BitsAndBytesConfig | None:
+    if params.quantization == "none":
+        return None
+    if params.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=HEAD_SKIP_PATTERNS)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=params.quantization,  # nf4 | fp4
+        bnb_4bit_use_double_quant=params.double_quant,
+        bnb_4bit_compute_dtype=_DTYPES[params.compute_dtype],
+        llm_int8_skip_modules=HEAD_SKIP_PATTERNS,
+    )
+
+
+def model_class(task: str):
+    if task == "classification":
+        return AutoModelForSequenceClassification
+    if task == "instruction":
+        return AutoModelForCausalLM
+    raise ValueError(f"unknown task {task!r}; allowed: classification, instruction")
+
+
+def warm_imports(base: Path | str, task: str, params: TrialParams) -> None:
+    """Import the modeling code (and bitsandbytes) now, so their memory is not charged to the trial's peak."""
+    config = AutoConfig.from_pretrained(str(base), trust_remote_code=False)
+    model_class(task)._model_mapping[type(config)]  # noqa: B018 - the lookup imports modeling_<arch>
+    if params.quantization != "none":
+        import bitsandbytes  # noqa: F401
+        import transformers.integrations.bitsandbytes  # noqa: F401
+        import transformers.quantizers.auto  # noqa: F401
+
+
+def load_base(base: Path | str, task: str, num_labels: int | None, params: TrialParams, device: str,
+              revision: str | None = None) -> PreTrainedModel:
+    """The frozen base in fp32 (or quantized per params), on `device`."""
+    kwargs: dict = {"trust_remote_code": False, "use_safetensors": True, "revision": revision}
+    if task == "classification":
+        if not num_labels:
+            raise ValueError("classification needs num_labels")
+        kwargs["num_labels"] = num_labels
+    qconfig = quantization_config(params)
+    if qconfig is not None:
+        # bitsandbytes quantizes while loading onto the target device; a later .to() cannot move packed weights.
+        kwargs.update(quantization_config=qconfig, device_map={"": device})
+    else:
+        kwargs["dtype"] = torch.float32
+    model = model_class(task).from_pretrained(str(base), **kwargs)
+    if qconfig is None:
+        model.to(device)
+    return model
+
+
+# ---------------------------------------------------------------- facts about a model / device
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of parameters + buffers as stored; quantized weights count packed bytes plus their quant state."""
+    total, seen = 0, set()
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if id(tensor) in seen:  # tied weights (embeddings / lm_head) are stored once
+            continue
+        seen.add(id(tensor))
+        total += tensor.numel() * tensor.element_size()
+        total += _quant_state_bytes(tensor)
+    return total
+
+
+def _quant_state_bytes(tensor: torch.Tensor) -> int:
+    extra = 0
+    scb = getattr(tensor, "SCB", None)  # int8: one fp32 scale per row
+    if isinstance(scb, torch.Tensor):
+        extra += scb.numel() * scb.element_size()
+    state = getattr(tensor, "quant_state", None)  # 4-bit: absmax per block (+ nested state when double-quant)
+    if state is not None and hasattr(state, "as_dict"):
+        for value in state.as_dict(packed=True).values():
+            if isinstance(value, torch.Tensor):
+                extra += value.numel() * value.element_size()
+    return extra
+
+
+def detect_bf16(device: str | torch.device) -> bool:
+    """bf16 pays off only with hardware support: AMX on CPU (~6x fp32 there), bf16 tensor cores on GPU.
+
+    Without AMX, CPU bf16 matmuls are emulated and far slower than fp32 (measured 100x+ on this AVX2 EPYC).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    amx = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
+    if amx is not None and amx():
+        return True
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return "amx_bf16" in line.split()
+    except OSError:
+        pass
+    return False

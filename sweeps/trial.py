@@ -1,0 +1,325 @@
+"""One trial: load the base (quantized per params), apply PEFT, train, evaluate, measure.
+
+Knows nothing of Ray, Optuna or MLflow: the caller hands in `report(metrics)` (called once per epoch with every
+objective-able metric, so an early-stopping rule can compare trials at a rung) and gets a TrialResult back.
+
+    python -c "from sweeps.spec import load_spec; from sweeps.trial import run_trial; ..."
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweeps import adapters, data, models
+from sweeps.memory import PeakMemory
+from sweeps.params import TrialParams
+from sweeps.spec import SweepSpec
+
+_BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
+
+
+class TrialFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TrialInfeasible(TrialFailed):
+    """The measured peak memory exceeded params.max_memory_mb."""
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    adapter_dir: Path
+    history: list[dict] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- setup helpers
+
+
+def pick_device(device: str | None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _set_threads() -> int:
+    # Ray sets OMP_NUM_THREADS to the trial's CPUs; torch reads it only at start-up, so apply it explicitly.
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.isdigit() and int(value) > 0:
+        torch.set_num_threads(int(value))
+    return torch.get_num_threads()
+
+
+def _use_bf16(params: TrialParams, device: str) -> bool:
+    if params.bf16 == "auto":
+        return models.detect_bf16(device)
+    return params.bf16 == "on"
+
+
+def _prepare_data(spec: SweepSpec, params: TrialParams, tokenizer) -> tuple[data.TaskData, dict]:
+    task = data.load_classification(spec.data, spec.seed)
+    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length)
+    if params.k_per_class:
+        train = data.few_shot(task.train, params.k_per_class, spec.seed)
+        keep = set(_row_keys(train))
+        # few_shot keeps rows in order, so select the same rows of the tokenized train split.
+        index = [i for i, key in enumerate(_row_keys(task.train)) if key in keep]
+        splits["train"] = splits["train"].select(index)
+    return task, splits
+
+
+def _row_keys(ds) -> list[tuple]:
+    # (text, label, occurrence) identifies a row even when a text repeats
+    seen: dict = {}
+    keys = []
+    for text, label in zip(ds["text"], ds["label"], strict=True):
+        n = seen.get((text, label), 0)
+        seen[(text, label)] = n + 1
+        keys.append((text, label, n))
+    return keys
+
+
+# ---------------------------------------------------------------- batching
+
+
+def _batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
+             sample_weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """Length-bucketed batches: sort by length within chunks of ~50 batches, then shuffle the batches."""
+    n = len(lengths)
+    if sample_weights is not None:
+        order = rng.choice(n, size=n, replace=True, p=sample_weights / sample_weights.sum())
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+    chunk = batch_size * _BUCKET_BATCHES
+    out = []
+    for start in range(0, n, chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        out += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    if shuffle:
+        rng.shuffle(out)
+    return out
+
+
+def _collate(ds_cols: dict, idx: np.ndarray, pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Pad to this batch's longest example, not to max_length."""
+    seqs = [ds_cols["input_ids"][i] for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    labels = torch.tensor([ds_cols["labels"][i] for i in idx], dtype=torch.long)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _columns(ds) -> dict:
+    return {"input_ids": ds["input_ids"], "labels": ds["labels"]}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class F1 over the classes present in y_true or y_pred (sklearn's default label set)."""
+    classes = np.union1d(y_true, y_pred)
+    scores = []
+    for c in classes:
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def class_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 over the classes present (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    weights *= (counts > 0).sum() / weights.sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -> dict[str, float]:
+    """accuracy, macro_f1 and (unweighted) cross-entropy loss on a tokenized split."""
+    model.eval()
+    cols = _columns(ds)
+    lengths = np.array([len(x) for x in cols["input_ids"]])
+    preds, golds, loss_sum = [], [], 0.0
+    with torch.inference_mode():
+        for idx in _batches(lengths, batch_size * 2, np.random.default_rng(0), shuffle=False):
+            batch = _collate(cols, idx, pad_id, device)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits.float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            preds.append(logits.argmax(-1).cpu().numpy())
+            golds.append(batch["labels"].cpu().numpy())
+    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    return {"accuracy": float(np.mean(y_pred == y_true)), "macro_f1": macro_f1(y_true, y_pred),
+            "loss": loss_sum / len(y_true)}
+
+
+# ---------------------------------------------------------------- training
+
+
+def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def _check_memory(params: TrialParams, pm: PeakMemory, where: str) -> None:
+    if params.max_memory_mb is not None and pm.peak_mb > params.max_memory_mb:
+        raise TrialInfeasible(f"measured peak memory {pm.peak_mb:.1f} MB exceeds max_memory_mb "
+                              f"{params.max_memory_mb:g} MB ({where}; {pm.method})")
+
+
+def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, stats) -> list[dict]:
+    train_cols = _columns(splits["train"])
+    lengths = np.array([len(x) for x in train_cols["input_ids"]])
+    train_labels = np.asarray(train_cols["labels"])
+    num_labels = len(task.labels)
+    weights = class_weights(train_labels, num_labels) if params.class_balance == "weighted_loss" else None
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
+    sample_w = None
+    if params.class_balance == "balanced_sampler":
+        sample_w = class_weights(train_labels, num_labels).numpy()[train_labels].astype(np.float64)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(steps_per_epoch * params.epochs, params.warmup_ratio))
+    rng = np.random.default_rng(spec.seed)
+    n_trainable, _ = adapters.trainable_params(model)
+    device_type = torch.device(device).type
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        for step, idx in enumerate(_batches(lengths, params.batch_size, rng, True, sample_w), start=1):
+            batch = _collate(train_cols, idx, pad_id, device)
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = loss_fn(logits.float(), batch["labels"])
+            if not torch.isfinite(loss):
+                kind = "nan" if torch.isnan(loss) else "inf"
+                raise TrialFailed(f"loss became {kind} at epoch {epoch} step {step} "
+                                  f"(lr={scheduler.get_last_lr()[0]:.3g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item()
+            n_batches += 1
+            stats["tokens"] += int(batch["attention_mask"].sum())
+        stats["train_seconds"] = time.perf_counter() - t0
+        metrics = evaluate(model, splits["validation"], pad_id, params.batch_size, device, bf16)
+        t0 = time.perf_counter() - stats["train_seconds"]  # evaluation time is not training time
+        row = {"epoch": epoch, **metrics, "train_loss": loss_sum / max(1, n_batches),
+               "peak_memory_bytes": pm.peak_bytes, "peak_memory_mb": pm.peak_mb,
+               "base_weight_bytes": stats["base_weight_bytes"], "trainable_params": n_trainable,
+               "total_params": stats["total_params"], "train_seconds": stats["train_seconds"],
+               "tokens_per_second": stats["tokens"] / max(stats["train_seconds"], 1e-9)}
+        history.append(row)
+        if report is not None:
+            report(dict(row))
+        _check_memory(params, pm, f"after epoch {epoch}")
+    return history
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _require_classification(spec: SweepSpec) -> None:
+    if spec.task != "classification":
+        raise NotImplementedError(f"task {spec.task!r} is not implemented yet in sweeps.trial (classification "
+                                  "only): instruction tuning (causal-LM loss, perplexity) comes with its own issue")
+
+
+def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
+              report: Callable[[dict], None] | None = None, device: str | None = None) -> TrialResult:
+    _require_classification(spec)
+    device = pick_device(device)
+    threads = _set_threads()
+    _seed_everything(spec.seed)
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    task, splits = _prepare_data(spec, params, tokenizer)
+    bf16 = _use_bf16(params, device)
+    models.warm_imports(base, spec.task, params)
+    stats = {"tokens": 0, "train_seconds": 0.0}
+    with PeakMemory(device) as pm:
+        model = models.load_base(base, spec.task, len(task.labels), params, device, spec.model.revision)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        stats["base_weight_bytes"] = models.weight_bytes(model)
+        _check_memory(params, pm, "after loading the base")
+        model = adapters.apply_peft(model, params, spec.task, len(task.labels))
+        n_trainable, stats["total_params"] = adapters.trainable_params(model)
+        history = _train(model, splits, task, tokenizer.pad_token_id, params, spec, device, bf16, pm, report, stats)
+    _check_memory(params, pm, "at the end of training")
+    adapter_dir = adapters.save_adapter(model, Path(out_dir) / "adapter")
+    (adapter_dir / "labels.json").write_text(json.dumps(task.labels))
+    final = history[-1]
+    metrics = {k: float(final[k]) for k in ("accuracy", "macro_f1", "loss")}
+    metrics.update(peak_memory_bytes=float(pm.peak_bytes), peak_memory_mb=pm.peak_mb,
+                   base_weight_bytes=float(stats["base_weight_bytes"]), trainable_params=float(n_trainable),
+                   total_params=float(stats["total_params"]), train_seconds=stats["train_seconds"],
+                   tokens_per_second=stats["tokens"] / max(stats["train_seconds"], 1e-9),
+                   epochs_run=float(len(history)))
+    info = {"memory_method": pm.method, "device": device, "bf16": bf16, "torch_threads": threads,
+            "train_examples": len(splits["train"]), "validation_examples": len(splits["validation"]),
+            "train_tokens": stats["tokens"], "labels": task.labels, "data_fingerprint": task.fingerprint,
+            "base": str(base), "base_sha256": models.content_hash(base),
+            "truncation": data.truncation_stats(task, tokenizer, spec.data.max_length),
+            "dropped_rows": dict(task.dropped), "target_modules": sorted(model.peft_config["default"].target_modules)}
+    return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info)
+
+
+def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, split: str = "test",
+                     device: str | None = None) -> dict[str, float]:
+    """Base (same quantization) + saved adapter, evaluated once on `split` (the held-out test by default)."""
+    _require_classification(spec)
+    device = pick_device(device)
+    _set_threads()
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    task, splits = _prepare_data(spec, params, tokenizer)
+    if split not in splits:
+        raise ValueError(f"split {split!r} not available; have {', '.join(sorted(splits))}")
+    labels_file = Path(adapter_dir) / "labels.json"
+    if labels_file.is_file() and json.loads(labels_file.read_text()) != task.labels:
+        raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has {task.labels}")
+    model = models.load_base(base, spec.task, len(task.labels), params, device, spec.model.revision)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model = adapters.load_adapter(model, adapter_dir)
+    return evaluate(model, splits[split], tokenizer.pad_token_id, params.batch_size, device,
+                    _use_bf16(params, device))

@@ -1,0 +1,236 @@
+"""Target-module resolution, PEFT application, adapter save/load and bitsandbytes loading on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2ForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
+
+from sweeps import adapters, models
+from sweeps.memory import PeakMemory
+from sweeps.params import TrialParams
+
+
+def tiny_bert(num_labels: int = 3) -> BertForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_llama(num_labels: int = 3) -> LlamaForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, num_labels=num_labels, pad_token_id=0)
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def tiny_gpt2(num_labels: int = 3) -> GPT2ForSequenceClassification:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=2, n_positions=64, num_labels=num_labels,
+                     pad_token_id=0)
+    return GPT2ForSequenceClassification(cfg).eval()
+
+
+def _rel(names):  # "bert.encoder.layer.1.attention.self.query" -> (1, "attention.self.query")
+    out = set()
+    for n in names:
+        m = adapters._BLOCK.match(n)
+        out.add((int(m.group(1)), m.group(2)))
+    return out
+
+
+EXPECTED = {
+    "bert": (tiny_bert, {"attention.self.query", "attention.self.key", "attention.self.value",
+                         "attention.output.dense"}, {"intermediate.dense", "output.dense"}),
+    "llama": (tiny_llama, {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"},
+              {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}),
+    "gpt2": (tiny_gpt2, {"attn.c_attn", "attn.c_proj"}, {"mlp.c_fc", "mlp.c_proj"}),
+}
+
+
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_groups_resolve_on_full_names(family):
+    build, attn, ffn = EXPECTED[family]
+    model = build()
+    got_attn = _rel(adapters.target_modules(model, "attention", "all"))
+    got_ffn = _rel(adapters.target_modules(model, "ffn", "all"))
+    got_all = _rel(adapters.target_modules(model, "all-linear", "all"))
+    assert got_attn == {(i, p) for i in range(2) for p in attn}
+    assert got_ffn == {(i, p) for i in range(2) for p in ffn}
+    assert got_attn.isdisjoint(got_ffn)
+    assert got_all == got_attn | got_ffn
+    for name in adapters.target_modules(model, "all-linear", "all"):
+        assert not any(h in name.split(".") for h in ("classifier", "score", "pooler"))
+
+
+def test_bert_output_dense_is_not_attention_output():
+    ffn = adapters.target_modules(tiny_bert(), "ffn", "all")
+    assert "bert.encoder.layer.0.output.dense" in ffn
+    assert not any("attention" in n for n in ffn)
+
+
+@pytest.mark.parametrize("layers,blocks", [("0", {0}), ("1", {1}), ("0-1", {0, 1}), ("lower-half", {0}),
+                                           ("upper-half", {1}), ("all", {0, 1})])
+def test_layer_ranges(layers, blocks):
+    names = adapters.target_modules(tiny_llama(), "attention", layers)
+    assert {b for b, _ in _rel(names)} == blocks
+
+
+def test_layer_range_out_of_bounds():
+    with pytest.raises(adapters.TargetError, match="2 blocks"):
+        adapters.target_modules(tiny_bert(), "attention", "0-5")
+
+
+def test_unknown_architecture_lists_linear_names():
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"model_type": "oddformer", "num_hidden_layers": 1})()
+            self.layers = torch.nn.ModuleList([torch.nn.ModuleDict({"fc_in": torch.nn.Linear(4, 4),
+                                                                    "fc_out": torch.nn.Linear(4, 4)})])
+            self.head = torch.nn.Linear(4, 2)
+
+    with pytest.raises(adapters.TargetError) as err:
+        adapters.target_modules(Odd(), "attention", "all")
+    msg = str(err.value)
+    assert "oddformer" in msg and "fc_in" in msg and "fc_out" in msg and "head" in msg
+    assert msg.count("fc_in") == 1  # deduplicated
+
+
+def _lora_count(model, names, r, dora=False):
+    mods = dict(model.named_modules())
+    total = 0
+    for n in names:
+        m = mods[n]
+        if isinstance(m, torch.nn.Linear):
+            fan_in, fan_out = m.in_features, m.out_features
+        else:  # Conv1D: weight (in, out)
+            fan_in, fan_out = m.weight.shape
+        total += r * (fan_in + fan_out) + (fan_out if dora else 0)
+    return total
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "rslora"])
+@pytest.mark.parametrize("family", sorted(EXPECTED))
+def test_apply_peft_trainable_arithmetic(method, family):
+    build = EXPECTED[family][0]
+    model = build()
+    params = TrialParams(method=method, rank=4, target="all-linear")
+    names = adapters.target_modules(model, "all-linear", "all")
+    expected = _lora_count(model, names, 4, dora=method == "dora")
+    head = {"bert": ["classifier", "bert.pooler"], "llama": ["score"], "gpt2": ["score"]}[family]
+    mods = dict(model.named_modules())
+    expected += sum(p.numel() for h in head for p in mods[h].parameters())
+    peft_model = adapters.apply_peft(model, params, "classification", 3)
+    trainable, total = adapters.trainable_params(peft_model)
+    assert trainable == expected
+    assert total > trainable
+    cfg = peft_model.peft_config["default"]
+    assert cfg.use_dora == (method == "dora") and cfg.use_rslora == (method == "rslora")
+    assert cfg.lora_alpha == params.lora_alpha()
+
+
+def test_save_and_load_adapter_reproduce_logits(tmp_path):
+    model = adapters.apply_peft(tiny_bert(), TrialParams(rank=4, target="all-linear"), "classification", 3)
+    with torch.no_grad():  # make the adapter and head non-trivial
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.eval()
+    x = torch.randint(1, 100, (2, 7))
+    expected = model(input_ids=x).logits
+    out = adapters.save_adapter(model, tmp_path / "adapter")
+    files = {p.name for p in out.iterdir()}
+    assert "adapter_model.safetensors" in files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    loaded = adapters.load_adapter(tiny_bert(), out).eval()
+    torch.testing.assert_close(loaded(input_ids=x).logits, expected)
+
+
+def test_load_adapter_refuses_pickles(tmp_path):
+    model = adapters.apply_peft(tiny_bert(), TrialParams(rank=2), "classification", 3)
+    out = adapters.save_adapter(model, tmp_path / "adapter")
+    (out / "adapter_model.bin").write_bytes(b"not really a pickle")
+    with pytest.raises(ValueError, match="pickle"):
+        adapters.load_adapter(tiny_bert(), out)
+
+
+# ---------------------------------------------------------------- bitsandbytes on CPU
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert")
+    model = tiny_bert()
+    # bitsandbytes' CPU kernels need in_features divisible by its block size: keep the 32/64 dims
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.mark.parametrize("quant", ["int8", "nf4", "fp4"])
+def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
+    pytest.importorskip("bitsandbytes")
+    params = TrialParams(quantization=quant, compute_dtype="float32", rank=4, target="all-linear")
+    model = models.load_base(bert_dir, "classification", 3, params, "cpu")
+    linear = model.bert.encoder.layer[0].attention.self.query
+    assert type(linear).__name__ in ("Linear8bitLt", "Linear4bit")
+    assert type(model.classifier) is torch.nn.Linear and model.classifier.weight.dtype == torch.float32
+    assert type(model.bert.pooler.dense) is torch.nn.Linear
+    full = models.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
+    assert models.weight_bytes(model) < models.weight_bytes(full)
+    peft_model = adapters.apply_peft(model, params, "classification", 3)
+    peft_model.train()
+    x = torch.randint(1, 100, (4, 9))
+    out = peft_model(input_ids=x, labels=torch.tensor([0, 1, 2, 0]))
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    grads = [p.grad for n, p in peft_model.named_parameters() if p.requires_grad and "lora_A" in n]
+    assert grads and all(g is not None for g in grads)
+    head_grads = [p.grad for n, p in peft_model.named_parameters() if p.requires_grad and "classifier" in n]
+    assert head_grads and all(g is not None for g in head_grads)
+
+
+def test_weight_bytes_and_content_hash(bert_dir):
+    model = models.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
+    assert models.weight_bytes(model) == sum(t.numel() * t.element_size()
+                                             for t in list(model.parameters()) + list(model.buffers()))
+    h1 = models.content_hash(bert_dir)
+    assert len(h1) == 64 and h1 == models.content_hash(bert_dir)
+    assert models.content_hash("org/some-model") != h1
+
+
+def test_detect_bf16_is_a_bool():
+    assert isinstance(models.detect_bf16("cpu"), bool)
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as pm:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        block += 1
+        del block
+    assert pm.peak_bytes >= 48 * 2**20
+    assert "RssAnon" in pm.method or "rss" in pm.method
+
+
+def test_boundary_no_ray_mlflow_optuna_imports():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(models.__file__).parent
+    for mod in ("trial", "models", "adapters", "memory"):
+        tree = ast.parse((root / f"{mod}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        assert not imported & {"ray", "mlflow", "optuna"}, (mod, imported)
