@@ -29,6 +29,8 @@ from sweeps.store import cache_dir
 _PREP_VERSION = "1"
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _DRUG_FILES = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
+# Per-split progress bars of a few hundred rows only clutter the sweep's live view and CI logs.
+datasets.disable_progress_bars()
 
 
 class DataError(ValueError):

@@ -137,7 +137,8 @@ def load_base(base: Path | str, task: str, num_labels: int | None, params: Trial
     if task == "classification":
         if not num_labels:
             raise ValueError("classification needs num_labels")
-        kwargs["num_labels"] = num_labels
+        # A base that is already a classifier with another label count gets a fresh head of the right size.
+        kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     qconfig = quantization_config(params)
     if qconfig is not None:
         # bitsandbytes quantizes while loading onto the target device; a later .to() cannot move packed weights.

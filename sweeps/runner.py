@@ -102,7 +102,10 @@ class Coordinator:
             # MLflow first (adapter uploaded, then FINISHED), Optuna second: see the module docstring.
             from pathlib import Path
 
-            self.tracker.finish_trial(run_id, "COMPLETE", metrics=metrics, adapter_dir=Path(result["adapter_dir"]))
+            # Same step as the last epoch report: MLflow shows the value at the highest step (then the newest),
+            # so the final figures are what the UI's compare view shows.
+            self.tracker.log_metrics(run_id, metrics, step=row.epoch)
+            self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]))
             attrs = {"metrics": metrics, "mlflow_run_id": run_id}
             self.study.tell(number, "COMPLETE", values=values, attrs=attrs)
             row.state = "COMPLETE"
@@ -208,6 +211,6 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
 
 def prepare(spec: SweepSpec) -> None:
     """Convert/cache the base model and tokenize the data once in the driver, so trials only read caches."""
-    from sweeps.trial import prepare as trial_prepare
+    from sweeps.worker import prepare as worker_prepare
 
-    trial_prepare(spec)
+    worker_prepare(spec)

@@ -22,12 +22,17 @@ def store_dir() -> Path:
 
 def tracking_uri(explicit: str | None = None) -> str:
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{store_dir() / 'mlflow.db'}"
+    return uri or f"sqlite:///{_made(store_dir()) / 'mlflow.db'}"
 
 
 def study_storage(explicit: str | None = None) -> str:
     url = explicit or os.environ.get("SWEEPS_STUDY_STORAGE")
-    return url or f"sqlite:///{store_dir() / 'optuna.db'}"
+    return url or f"sqlite:///{_made(store_dir()) / 'optuna.db'}"
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)  # only when a database is about to be opened: validate creates nothing
+    return path
 
 
 def ray_address(explicit: str | None = None) -> str | None:

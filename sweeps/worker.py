@@ -15,6 +15,22 @@ from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
 
 
+def release_memory() -> None:
+    """Give freed heap pages back to the OS so this process's next measured peak starts from a clean base.
+
+    Ray reuses one worker process for many trials; glibc otherwise keeps freed pages mapped and a trial would
+    reuse them without its resident memory growing.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the sampled peak is then an upper bound
+        pass
+
+
 def trial_params(spec: SweepSpec, sampled: dict[str, Any]) -> TrialParams:
     """The spec's fixed params overridden by the sampled point, validated again as one object."""
     return TrialParams(**{**spec.params.model_dump(), **sampled})
@@ -28,6 +44,7 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
 
     if threads:
         torch.set_num_threads(threads)
+    release_memory()
     spec = SweepSpec.model_validate(spec_dict)
     out_dir = store.trial_dir(spec.name, number)
     started = time.time()
@@ -41,3 +58,23 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
     return {**result.metrics, "state": "COMPLETE", "adapter_dir": str(result.adapter_dir),
             "wall_seconds": time.time() - started,
             **{f"info.{k}": v for k, v in result.info.items() if isinstance(v, (str, int, float, bool))}}
+
+
+def prepare(spec: SweepSpec) -> dict[str, Any]:
+    """Convert/cache the base model and tokenize the data once, in the driver, before any trial starts.
+
+    Trials then only read caches: N concurrent workers never race to build the same cache, and a bad data
+    file fails the sweep before a single trial is proposed.
+    """
+    from sweeps import data, models
+
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base)
+    if spec.task != "classification":
+        return {"base": str(base)}
+    task = data.load_classification(spec.data, spec.seed)
+    data.tokenize_splits(task, tokenizer, spec.data.max_length)
+    stats = data.truncation_stats(task, tokenizer, spec.data.max_length)
+    return {"base": str(base), "labels": task.labels, "truncation": stats,
+            "sizes": {k: len(v) for k, v in (("train", task.train), ("validation", task.validation),
+                                              ("test", task.test)) if v is not None}}
