@@ -115,9 +115,10 @@ def target_modules(model: torch.nn.Module, target: str, layers: str = "all") -> 
 def _head_modules(model: torch.nn.Module) -> list[str]:
     """Top-level-ish head modules present in the model (classifier/score, and BERT's pooler)."""
     present = set()
-    for name, _ in model.named_modules():
+    for name, module in model.named_modules():
         last = name.rsplit(".", 1)[-1]
-        if last in HEAD_MODULES and not _BLOCK.match(name):
+        # a weightless head (models.MeanPooler) has nothing to train or save
+        if last in HEAD_MODULES and not _BLOCK.match(name) and any(True for _ in module.parameters()):
             present.add(last)
     return sorted(present)
 

@@ -148,7 +148,43 @@ def load_base(base: Path | str, task: str, num_labels: int | None, params: Trial
     model = model_class(task).from_pretrained(str(base), **kwargs)
     if qconfig is None:
         model.to(device)
+    if task == "classification" and params.pooling == "mean":
+        use_mean_pooling(model)
     return model
+
+
+class MeanPooler(torch.nn.Module):
+    """Replaces BERT's pooler: the mask-weighted mean of the last hidden states instead of dense(tanh([CLS])).
+
+    Sentence-embedding checkpoints such as all-MiniLM-L6-v2 were trained for mean pooling; their [CLS] vector
+    was not. Measured on the drug reviews (LoRA r=8, lr 2e-3, 3 epochs): validation macro-F1 .47 mean vs .40 CLS.
+    The attention mask reaches it through a pre-hook on the encoder, as BERT calls its pooler without the mask.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            return hidden_states.mean(dim=1)
+        mask = self.mask.unsqueeze(-1).to(hidden_states.dtype)
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def use_mean_pooling(model: PreTrainedModel) -> bool:
+    """Swap in MeanPooler where the architecture has a pooler (BERT family); others keep their own pooling."""
+    encoder = getattr(model, model.base_model_prefix, None)
+    if encoder is None or getattr(encoder, "pooler", None) is None:
+        return False
+    pooler = MeanPooler()
+    encoder.pooler = pooler
+
+    def capture_mask(module, args, kwargs):
+        pooler.mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    encoder.register_forward_pre_hook(capture_mask, with_kwargs=True)
+    return True
 
 
 # ---------------------------------------------------------------- facts about a model / device

@@ -42,6 +42,11 @@ class TrialParams(BaseModel):
     layers: str = Field(
         "all", description="Which transformer blocks: all, lower-half, upper-half, `N` or an inclusive range `A-B`."
     )
+    pooling: Literal["mean", "cls"] = Field(
+        "mean",
+        description="Classification, BERT family: classify the mask-weighted mean of the last hidden states "
+        "(what sentence-embedding checkpoints such as MiniLM were trained for) or the pooled [CLS] vector.",
+    )
     # --- quantization of the frozen base (bitsandbytes)
     quantization: Literal["none", "int8", "nf4", "fp4"] = Field(
         "none", description="Base-model weights: none (full precision), int8 (LLM.int8), nf4 or fp4 (4-bit)."
@@ -52,6 +57,11 @@ class TrialParams(BaseModel):
     )
     # --- optimisation
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="AdamW peak learning rate (linear warm-up and decay).")
+    head_lr_ratio: float = Field(
+        10.0, gt=0, le=1000,
+        description="Learning rate of the fully trained head (classifier) as a multiple of learning_rate: a fresh "
+        "head needs larger steps than the low-rank update to converge within a few epochs.",
+    )
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the training split.")
     batch_size: int = Field(16, ge=1, le=4096, description="Examples per optimisation step.")
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay on trainable parameters.")

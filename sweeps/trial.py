@@ -210,7 +210,13 @@ def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, 
         sample_w = class_weights(train_labels, num_labels).numpy()[train_labels].astype(np.float64)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
+    # PEFT names the fully trained head copies `...modules_to_save...`: they get their own learning rate.
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    head_ids = {id(p) for p in head}
+    groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": params.learning_rate}]
+    if head:
+        groups.append({"params": head, "lr": params.learning_rate * params.head_lr_ratio})
+    optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, weight_decay=params.weight_decay)
     steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(steps_per_epoch * params.epochs, params.warmup_ratio))

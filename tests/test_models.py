@@ -178,7 +178,7 @@ def bert_dir(tmp_path_factory):
 @pytest.mark.parametrize("quant", ["int8", "nf4", "fp4"])
 def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
     pytest.importorskip("bitsandbytes")
-    params = TrialParams(quantization=quant, compute_dtype="float32", rank=4, target="all-linear")
+    params = TrialParams(quantization=quant, compute_dtype="float32", rank=4, target="all-linear", pooling="cls")
     model = models.load_base(bert_dir, "classification", 3, params, "cpu")
     linear = model.bert.encoder.layer[0].attention.self.query
     assert type(linear).__name__ in ("Linear8bitLt", "Linear4bit")
@@ -234,3 +234,18 @@ def test_boundary_no_ray_mlflow_optuna_imports():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & {"ray", "mlflow", "optuna"}, (mod, imported)
+
+
+def test_mean_pooling_classifies_the_masked_mean(bert_dir):
+    model = models.load_base(bert_dir, "classification", 3, TrialParams(pooling="mean"), "cpu").eval()
+    assert isinstance(model.bert.pooler, models.MeanPooler)
+    x = torch.randint(5, 100, (2, 6))
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    with torch.no_grad():
+        hidden = model.bert(input_ids=x, attention_mask=mask).last_hidden_state
+        pooled = model.bert.pooler(hidden)  # mask captured by the hook on the call above
+        torch.testing.assert_close(pooled[1], hidden[1, :3].mean(dim=0))
+        logits = model(input_ids=x, attention_mask=mask).logits
+        torch.testing.assert_close(logits, model.classifier(pooled))
+    peft_model = adapters.apply_peft(model, TrialParams(rank=2), "classification", 3)
+    assert "pooler" not in peft_model.peft_config["default"].modules_to_save

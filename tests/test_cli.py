@@ -1,0 +1,92 @@
+"""The `sweep` CLI as a user runs it: exit codes, messages, and that validate creates nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from _tiny import tiny_bert, toy_reviews
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = Path(sys.executable).parent / "sweep"
+
+
+def _run(*args, cwd=ROOT, env=None, timeout=300):
+    return subprocess.run([str(SWEEP), *args], cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_every_command():
+    out = _run("--help").stdout
+    for cmd in ("validate", "schema", "trial", "run", "ls", "show", "pareto", "promote"):
+        assert cmd in out
+
+
+def test_validate_ok(tmp_path):
+    proc = _run("validate", str(ROOT / "search_spaces" / "rank_study.yaml"), env={"SWEEPS_STORE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "ok" in proc.stdout and "rank_study" in proc.stdout
+    assert list(tmp_path.iterdir()) == []  # creates nothing
+
+
+def test_validate_reports_three_mistakes_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "search_spaces" / "rank_study.yaml").read_text()
+    text = text.replace("  epochs: 3", "  epochs: 3\n  rank: 0").replace("  trials: 12", "  trials: 12\n  trails: 3")
+    text = text.replace("metric: trainable_params", "metric: trainable")
+    bad.write_text(text)
+    store = tmp_path / "store"
+    proc = _run("validate", str(bad), env={"SWEEPS_STORE": str(store)})
+    assert proc.returncode == 2
+    for path in ("params.rank", "budget.trails", "objectives[2].metric"):
+        assert path in proc.stderr, proc.stderr
+    assert not store.exists()
+
+
+def test_yaml_syntax_error_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: [unclosed\n")
+    proc = _run("validate", str(bad))
+    assert proc.returncode == 2 and "line" in proc.stderr
+
+
+def test_schema_is_json():
+    proc = _run("schema")
+    assert proc.returncode == 0
+    assert "TrialParams" in json.loads(proc.stdout)["$defs"]
+
+
+def test_ls_on_an_empty_store(tmp_path):
+    proc = _run("ls", env={"SWEEPS_STORE": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_pareto_of_unknown_sweep_says_so(tmp_path):
+    proc = _run("pareto", "nope", env={"SWEEPS_STORE": str(tmp_path)})
+    assert proc.returncode == 2 and "no sweep named 'nope'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_trial_command_runs_one_trial_and_prints_metrics(tmp_path):
+    model = tiny_bert(tmp_path / "m")
+    train = toy_reviews(tmp_path / "train.csv")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"""# Run: sweep trial s.yaml
+name: one
+model: {{base: {model}}}
+data: {{source: {train}, validation_fraction: 0.3, max_length: 16}}
+params: {{epochs: 1, batch_size: 8, bf16: "off"}}
+search: {{space: {{rank: [2, 4]}}}}
+objectives: [{{metric: macro_f1, direction: maximize}}]
+""")
+    proc = _run("trial", str(spec), "--set", "rank=4", "--set", "learning_rate=5e-3",
+                env={"SWEEPS_STORE": str(tmp_path / "store"), "SWEEPS_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr
+    assert "macro_f1" in proc.stdout and "peak_memory_mb" in proc.stdout and "rank=4" in proc.stdout
+    bad = _run("trial", str(spec), "--set", "rank=0")
+    assert bad.returncode == 2 and "params.rank" in bad.stderr
