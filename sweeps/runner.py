@@ -119,13 +119,24 @@ class Coordinator:
         elif error:
             self._fail(number, error, result)
         else:
-            # Stopped by Ctrl-C or the time budget before it finished: free its slot and run its point again later.
-            reason = "interrupted before it finished; its point is queued again"
-            self.tracker.finish_trial(run_id, "FAILED", reason=reason)
-            self.study.tell(number, "FAIL", attrs={"reason": reason})
-            self.study.enqueue(row.params)
-            row.state, row.reason = "INTERRUPTED", reason
+            self._interrupt(number, "interrupted before it finished")
         self._notify()
+
+    def close_open(self) -> list[int]:
+        """After Tune returns (done, Ctrl-C or time limit): trials it stopped without telling us are interrupted."""
+        open_rows = [n for n, r in self.rows.items() if r.ended is None]
+        for number in open_rows:
+            self.rows[number].ended = time.time()
+            self._interrupt(number, "interrupted: the sweep was stopped (Ctrl-C or time limit)")
+        return open_rows
+
+    def _interrupt(self, number: int, why: str) -> None:
+        # Free its slot in the budget and run the same point again on the next `sweep run`.
+        reason = f"{why}; its point is queued again"
+        self.tracker.finish_trial(self.run_ids[number], "FAILED", reason=reason)
+        self.study.tell(number, "FAIL", attrs={"reason": reason, "interrupted": True})
+        self.study.enqueue(self.rows[number].params)
+        self.rows[number].state, self.rows[number].reason = "INTERRUPTED", reason
 
     def _fail(self, number: int, reason: str, result: dict[str, Any]) -> None:
         row = self.rows[number]
@@ -162,7 +173,7 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
         reason = "interrupted: the driver stopped while it ran; its point is queued again"
         if rec is not None:
             tracker.finish_trial(rec.run_id, "FAILED", reason=reason)
-        study.tell(trial.number, "FAIL", attrs={"reason": reason})
+        study.tell(trial.number, "FAIL", attrs={"reason": reason, "interrupted": True})
         study.enqueue(trial.params)
         notes.append(f"trial {trial.number}: interrupted, marked FAIL and re-queued")
     for number in tracker.reconcile_running(spec.name):
@@ -200,10 +211,10 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
             execute.run_tune(spec, coordinator, remaining, str(store.store_dir()),
                              store.ray_address(address or spec.infra.ray_address))
         finally:
+            coordinator.close_open()
             execute.shutdown()
     counts = study.counts()
-    done = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
-    status = "FINISHED" if done >= budget(spec) else "KILLED"
+    status = "FINISHED" if study.finished() >= budget(spec) else "KILLED"
     tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})
     ran = len([r for r in coordinator.rows.values() if r.ended])
     return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes)

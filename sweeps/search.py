@@ -167,8 +167,9 @@ class Study:
         return counts
 
     def finished(self) -> int:
-        counts = self.counts()
-        return sum(counts.get(s, 0) for s in FINISHED_STATES)
+        """Trials that count against the budget. An interrupted trial (stopped by Ctrl-C or a crashed driver) is
+        FAIL in Optuna, which cannot re-open a trial, but its point is queued again and it does not count."""
+        return sum(1 for t in self.trials() if t.state in FINISHED_STATES and not t.attrs.get("interrupted"))
 
     def waiting(self) -> int:
         return self.counts().get("WAITING", 0)

@@ -72,6 +72,7 @@ def test_each_outcome_is_recorded_the_same_in_both_stores(tracker, tmp_path):
     assert "nan" in mlflow[numbers[1]].tags["sweeps.failure_reason"]
     assert "killed" in mlflow[numbers[3]].tags["sweeps.failure_reason"]
     assert study.waiting() == 1  # the interrupted point is queued again
+    assert study.finished() == 4  # ... and does not count against the budget
     assert mlflow[numbers[0]].params["rank"] == str(optuna[numbers[0]].params["rank"])
 
 
