@@ -273,29 +273,50 @@ def _tokenize_key(task: TaskData, tokenizer, max_length: int) -> str:
     return h.hexdigest()[:32]
 
 
-def _encode(ds: datasets.Dataset, tokenizer, max_length: int) -> tuple[datasets.Dataset, dict]:
+def _head_tail(tokenizer, text: str, max_length: int) -> list[int]:
+    """Keep the first quarter and the last three quarters of the token budget (Sun et al. 2019, "How to
+    fine-tune BERT for text classification"): reviews and tickets tend to end with their verdict."""
+    enc = tokenizer(text, return_special_tokens_mask=True)
+    ids, special = enc["input_ids"], enc["special_tokens_mask"]
+    lead = next((i for i, s in enumerate(special) if not s), len(ids))  # [CLS] and the like
+    trail = next((i for i, s in enumerate(reversed(special)) if not s), 0)  # [SEP] and the like
+    body = ids[lead:len(ids) - trail]
+    budget = max_length - lead - trail
+    head = budget // 4
+    return ids[:lead] + body[:head] + body[len(body) - (budget - head):] + ids[len(ids) - trail:]
+
+
+def _encode(ds: datasets.Dataset, tokenizer, max_length: int, truncation: str = "head"
+            ) -> tuple[datasets.Dataset, dict]:
     texts = list(ds["text"])  # datasets 4+ returns a lazy Column; the tokenizer wants a list
     # Untruncated first, to measure what truncation cuts; re-encode only the long ones with truncation.
     enc = tokenizer(texts, truncation=False, verbose=False)
     ids, mask = list(enc["input_ids"]), list(enc["attention_mask"])
     lengths = [len(x) for x in ids]
     long = [i for i, n in enumerate(lengths) if n > max_length]
-    if long:
+    if long and truncation == "head_tail":
+        for i in long:
+            ids[i] = _head_tail(tokenizer, texts[i], max_length)
+            mask[i] = [1] * len(ids[i])
+    elif long:
         cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
         for j, i in enumerate(long):
             ids[i], mask[i] = cut["input_ids"][j], cut["attention_mask"][j]
     out = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask, "labels": list(ds["label"])})
-    stats = {"examples": len(texts), "truncated": len(long), "max_length": max_length,
+    stats = {"examples": len(texts), "truncated": len(long), "max_length": max_length, "truncation": truncation,
              "median_tokens": float(np.median(lengths)) if lengths else 0.0,
              "p90_tokens": float(np.percentile(lengths, 90)) if lengths else 0.0,
              "max_tokens": max(lengths, default=0)}
     return out, stats
 
 
-def tokenize_splits(task: TaskData, tokenizer, max_length: int,
-                    cache_root: Path | None = None) -> dict[str, datasets.Dataset]:
-    """Tokenized splits (input_ids unpadded, attention_mask, labels), cached per tokenizer/length/data."""
-    final = _cache_path(task, tokenizer, max_length, cache_root)
+def tokenize_splits(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None,
+                    truncation: str = "head") -> dict[str, datasets.Dataset]:
+    """Tokenized splits (input_ids unpadded, attention_mask, labels), cached per tokenizer/length/data.
+
+    truncation: "head" keeps the start of a long text; "head_tail" its first quarter and last three quarters.
+    """
+    final = _cache_path(task, tokenizer, max_length, cache_root, truncation)
     splits = {"train": task.train, "validation": task.validation}
     if task.test is not None:
         splits["test"] = task.test
@@ -304,20 +325,24 @@ def tokenize_splits(task: TaskData, tokenizer, max_length: int,
         tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         stats = {}
         for name, ds in splits.items():
-            encoded, stats[name] = _encode(ds, tokenizer, max_length)
+            encoded, stats[name] = _encode(ds, tokenizer, max_length, truncation)
             encoded.save_to_disk(str(tmp / name))
         (tmp / "truncation.json").write_text(json.dumps(stats, indent=1))
         _publish(tmp, final)
     return {name: datasets.load_from_disk(str(final / name)) for name in splits}
 
 
-def _cache_path(task: TaskData, tokenizer, max_length: int, cache_root: Path | None) -> Path:
+def _cache_path(task: TaskData, tokenizer, max_length: int, cache_root: Path | None, truncation: str = "head"
+                ) -> Path:
     root = Path(cache_root) if cache_root is not None else cache_dir()
     (root / "tokenized").mkdir(parents=True, exist_ok=True)
-    return root / "tokenized" / _tokenize_key(task, tokenizer, max_length)
+    key = _tokenize_key(task, tokenizer, max_length)
+    return root / "tokenized" / (key if truncation == "head" else f"{key}-{truncation}")
 
 
-def truncation_stats(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None) -> dict:
+def truncation_stats(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None,
+                     truncation: str = "head") -> dict:
     """Per split: examples, truncated (count longer than max_length), median/p90/max length in tokens."""
-    tokenize_splits(task, tokenizer, max_length, cache_root)  # a cache hit when already built
-    return json.loads((_cache_path(task, tokenizer, max_length, cache_root) / "truncation.json").read_text())
+    tokenize_splits(task, tokenizer, max_length, cache_root, truncation)  # a cache hit when already built
+    path = _cache_path(task, tokenizer, max_length, cache_root, truncation)
+    return json.loads((path / "truncation.json").read_text())

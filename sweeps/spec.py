@@ -49,6 +49,11 @@ class DataSpec(BaseModel):
         0.2, gt=0.0, lt=0.9, description="Fraction of train carved out (stratified, seeded) for selection."
     )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer inputs are truncated.")
+    truncation: Literal["head", "head_tail"] = Field(
+        "head_tail",
+        description="How a text longer than max_length is cut: keep its head, or its first quarter and last three "
+        "quarters (head_tail: reviews and tickets tend to end with their verdict).",
+    )
     labels: list[str] | None = Field(
         None, description="Explicit label order; default: sorted distinct labels of the training data."
     )

@@ -75,7 +75,7 @@ def _use_bf16(params: TrialParams, device: str) -> bool:
 
 def _prepare_data(spec: SweepSpec, params: TrialParams, tokenizer) -> tuple[data.TaskData, dict]:
     task = data.load_classification(spec.data, spec.seed)
-    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length)
+    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     if params.k_per_class:
         train = data.few_shot(task.train, params.k_per_class, spec.seed)
         keep = set(_row_keys(train))
@@ -304,7 +304,8 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
             "train_examples": len(splits["train"]), "validation_examples": len(splits["validation"]),
             "train_tokens": stats["tokens"], "labels": task.labels, "data_fingerprint": task.fingerprint,
             "base": str(base), "base_sha256": models.content_hash(base),
-            "truncation": data.truncation_stats(task, tokenizer, spec.data.max_length),
+            "truncation": data.truncation_stats(task, tokenizer, spec.data.max_length,
+                                             truncation=spec.data.truncation),
             "dropped_rows": dict(task.dropped), "target_modules": sorted(model.peft_config["default"].target_modules)}
     return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info)
 

@@ -73,8 +73,9 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     if spec.task != "classification":
         return {"base": str(base)}
     task = data.load_classification(spec.data, spec.seed)
-    data.tokenize_splits(task, tokenizer, spec.data.max_length)
-    stats = data.truncation_stats(task, tokenizer, spec.data.max_length)
+    data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    stats = data.truncation_stats(task, tokenizer, spec.data.max_length,
+                                             truncation=spec.data.truncation)
     return {"base": str(base), "labels": task.labels, "truncation": stats,
             "sizes": {k: len(v) for k, v in (("train", task.train), ("validation", task.validation),
                                               ("test", task.test)) if v is not None}}

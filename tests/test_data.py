@@ -274,3 +274,22 @@ def test_bundled_drug_reviews():
     assert not any(re.search(r"&(#\d+|[a-z]+);", t) for t in texts)
     assert not any(t.startswith('"') for t in texts)  # the TSV wraps every review in a literal quote
     assert any("didn't" in t for t in texts)
+
+
+def test_head_tail_truncation_keeps_the_end(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPS_CACHE", str(tmp_path / "cache"))
+    from transformers import BertTokenizerFast
+
+    words = [f"w{i}" for i in range(40)]
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    rows = ["text,label"] + [f"{' '.join(words)},{'a' if i % 2 else 'b'}" for i in range(20)]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    task = load_classification(DataSpec(source=str(tmp_path / "d.csv"), validation_fraction=0.5), 0)
+    head = tokenize_splits(task, tok, 18, truncation="head")["train"][0]["input_ids"]
+    both = tokenize_splits(task, tok, 18, truncation="head_tail")["train"][0]["input_ids"]
+    w = tok.convert_tokens_to_ids
+    assert len(head) == len(both) == 18
+    assert head[1:-1] == [w(x) for x in words[:16]]
+    assert both[1:-1] == [w(x) for x in words[:4] + words[-12:]]  # first quarter + last three quarters
+    assert both[0] == tok.cls_token_id and both[-1] == tok.sep_token_id
