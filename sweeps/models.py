@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from sweeps import bundled
 from sweeps.params import TrialParams
@@ -33,6 +34,10 @@ from sweeps.store import cache_dir
 # suffix; the pooler sits under the base prefix (`bert.pooler.dense`), hence the regex.
 HEAD_SKIP_PATTERNS = ["classifier", "score", r".*pooler", "lm_head"]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A fresh classification head is the point of fine-tuning: transformers' per-load report of its "MISSING" weights
+# (and its progress bars) would print once per trial into the sweep's output.
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------- where the weights are
