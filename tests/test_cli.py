@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _tiny import tiny_bert, toy_reviews
 
 ROOT = Path(__file__).resolve().parents[1]

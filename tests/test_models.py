@@ -141,7 +141,7 @@ def test_apply_peft_trainable_arithmetic(method, family):
 def test_save_and_load_adapter_reproduce_logits(tmp_path):
     model = adapters.apply_peft(tiny_bert(), TrialParams(rank=4, target="all-linear"), "classification", 3)
     with torch.no_grad():  # make the adapter and head non-trivial
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
     model.eval()

@@ -1,0 +1,86 @@
+"""The Ray pieces that hold our logic, exercised without a cluster: the Pareto-halving scheduler and the searcher."""
+
+from types import SimpleNamespace
+
+from ray.tune.schedulers import TrialScheduler
+
+from sweeps import execute
+from sweeps.spec import parse_yaml, validate_dict
+
+SPEC = """
+name: es
+model: {base: bundled:all-minilm-l6-v2}
+data: {source: bundled:drug-reviews}
+search:
+  space: {rank: [2, 4]}
+  early_stopping: {rungs: [1], min_trials: 2}
+objectives:
+  - {metric: macro_f1, direction: maximize}
+  - {metric: trainable_params, direction: minimize}
+"""
+
+
+class FakeCoordinator:
+    def __init__(self, n):
+        self.left, self.events = n, []
+
+    def stopping(self):
+        return False
+
+    def propose(self):
+        if not self.left:
+            return None
+        self.left -= 1
+        return {"trial_number": 10 - self.left}
+
+    def epoch(self, number, result):
+        self.events.append(("epoch", number, result["epoch"]))
+
+    def completed(self, number, result, pruned, error):
+        self.events.append(("done", number, pruned, error))
+
+
+def _result(epoch, f1, params):
+    return {"phase": "epoch", "epoch": epoch, "macro_f1": f1, "trainable_params": params}
+
+
+def test_pareto_halving_stops_only_dominated_trials_at_a_rung():
+    spec = validate_dict(parse_yaml(SPEC))
+    execute._LIVE["k"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    try:
+        sched = execute.build_scheduler(spec, "k")
+        trial = lambda i: SimpleNamespace(trial_id=f"t{i}")  # noqa: E731
+        # two peers at rung 1: (0.5, 100) and (0.3, 50) - both on the front
+        assert sched.on_trial_result(None, trial(1), _result(1, 0.5, 100)) == TrialScheduler.CONTINUE
+        assert sched.on_trial_result(None, trial(2), _result(1, 0.3, 50)) == TrialScheduler.CONTINUE
+        # less accurate AND larger than trial 1: dominated -> stopped
+        assert sched.on_trial_result(None, trial(3), _result(1, 0.4, 200)) == TrialScheduler.STOP
+        # least accurate but smallest: on the front -> kept
+        assert sched.on_trial_result(None, trial(4), _result(1, 0.1, 10)) == TrialScheduler.CONTINUE
+        # not a rung epoch -> never stopped
+        assert sched.on_trial_result(None, trial(5), _result(2, 0.0, 999)) == TrialScheduler.CONTINUE
+        assert execute._LIVE["k"]["pruned"] == {"t3"}
+    finally:
+        execute._LIVE.pop("k")
+
+
+def test_no_early_stopping_means_fifo():
+    spec = validate_dict(parse_yaml(SPEC.replace("  early_stopping: {rungs: [1], min_trials: 2}\n", "")))
+    assert type(execute.build_scheduler(spec, "k")).__name__ == "FIFOScheduler"
+
+
+def test_searcher_forwards_events_and_finishes_when_the_budget_is_spent():
+    coord = FakeCoordinator(2)
+    execute._LIVE["s"] = {"coordinator": coord, "trials": {}, "pruned": {"b"}}
+    try:
+        searcher = execute._DriverSearcher("s")
+        assert searcher.suggest("a")["trial_number"] == 9
+        assert searcher.suggest("b")["trial_number"] == 10
+        assert searcher.suggest("c") == execute.Searcher.FINISHED
+        searcher.on_trial_result("a", {"phase": "epoch", "epoch": 1})
+        searcher.on_trial_complete("a", {"phase": "final"})
+        searcher.on_trial_complete("b", {"phase": "epoch", "epoch": 1})
+        searcher.on_trial_complete("zzz", {})  # unknown trial: ignored
+    finally:
+        execute._LIVE.pop("s")
+    assert coord.events == [("epoch", 9, 1), ("done", 9, False, None), ("done", 10, True, None)]
