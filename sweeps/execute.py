@@ -193,6 +193,9 @@ def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: s
             log_to_file=False,  # True wraps stdout in a Tee without isatty(), which transformers calls
         ),
     )
+    # Tune's own result loggers are off (MLflow is the record), so its end-of-run analysis finds no result.json
+    # and warns once per trial; nothing is missing.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     try:
         tuner.fit()
     finally:

@@ -88,7 +88,7 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         pareto_plot([{**r.metrics, "trial_number": r.trial_number} for r in records],
                     list(zip(names, directions, strict=True)), list(mask), chosen, plot_path,
-                    title=f"{spec.name}: {len(records)} complete trials, front of {int(mask.sum())}")
+                    title=f"sweep {spec.name}")
         if parent:
             tracker.log_artifact(parent, plot_path)
     if parent:

@@ -13,10 +13,20 @@ _STATE_STYLE = {"COMPLETE": "green", "FAILED": "red", "PRUNED": "yellow", "RUNNI
 
 
 def _fmt(value) -> str:
+    """Metrics and MLflow's stringified params alike: integers with separators, floats to 4 significant digits."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
+        return f"{value:.4g}"
     return str(value)
 
 
@@ -44,7 +54,7 @@ def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
         table.add_column(col, max_width=50 if col == "reason" else None, overflow="fold")
     for rec in tracker.trial_records(sweep):
         table.add_row(str(rec.trial_number), Text(rec.state, style=_STATE_STYLE.get(rec.state, "")),
-                      *[rec.params.get(a, "") for a in axes], *[_fmt(rec.metrics.get(m)) for m in metrics],
+                      *[_fmt(rec.params.get(a)) for a in axes], *[_fmt(rec.metrics.get(m)) for m in metrics],
                       rec.tags.get("sweeps.failure_reason", ""))
     return table
 
@@ -57,6 +67,6 @@ def front_table(report) -> Table:
     for col in ("trial", *axes, *[f"{m} ({d[:3]})" for m, d in zip(names, report.spec.directions(), strict=True)]):
         table.add_column(col)
     for rec in sorted(report.front_records(), key=lambda r: -r.metrics[names[0]]):
-        table.add_row(str(rec.trial_number), *[rec.params.get(a, "") for a in axes],
+        table.add_row(str(rec.trial_number), *[_fmt(rec.params.get(a)) for a in axes],
                       *[_fmt(rec.metrics[m]) for m in names])
     return table
