@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 app = typer.Typer(
     help="Hyperparameter sweeps of parameter-efficient fine-tuning: Ray Tune x Optuna x MLflow, Pareto "
@@ -32,7 +33,7 @@ def _load(path: Path, overrides: dict | None = None):
     except SpecError as exc:
         err.print(f"[bold red]invalid spec[/] {exc.source}: {len(exc.issues)} problem(s)")
         for issue in exc.issues:
-            err.print(f"  [red]-[/] {issue}", markup=False, highlight=False)
+            err.print(Text("  - ", style="red") + Text(str(issue)), highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -90,6 +91,9 @@ def trial(
 
     try:
         result = run_trial(spec, spec.params, out_dir, report=report)
+    except _input_errors() as exc:
+        err.print(f"[bold red]cannot run the trial:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     except TrialFailed as exc:
         err.print(f"[bold red]trial failed:[/] {exc.reason}")
         raise typer.Exit(1) from None
@@ -130,9 +134,13 @@ def run(
     from sweeps.runner import run_sweep
 
     view = LiveView(spec, console, enabled=live and console.is_terminal)
-    with view:
-        outcome = run_sweep(spec, spec_file.read_text(encoding="utf-8"), address, listener=view.update,
-                            on_coordinator=view.attach)
+    try:
+        with view:
+            outcome = run_sweep(spec, spec_file.read_text(encoding="utf-8"), address, listener=view.update,
+                                on_coordinator=view.attach)
+    except _input_errors() as exc:
+        err.print(f"[bold red]cannot run {spec.name}:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     for note in outcome.reconciled:
         console.print(f"[yellow]reconciled[/] {note}")
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(outcome.counts.items()))
@@ -141,6 +149,15 @@ def run(
     _print_front(spec.name)
     if promote:
         _promote(spec.name, promote, name or spec.name)
+
+
+def _input_errors() -> tuple[type[Exception], ...]:
+    """Problems with the user's data, model or targets: reported in one line, exit 2, nothing created."""
+    from sweeps.adapters import TargetError
+    from sweeps.bundled import BundledNotFound
+    from sweeps.data import DataError
+
+    return DataError, TargetError, BundledNotFound
 
 
 def _print_front(sweep: str, plot: bool = True) -> None:

@@ -241,3 +241,12 @@ def detect_bf16(device: str | torch.device) -> bool:
     except OSError:
         pass
     return False
+
+
+def skeleton(base: Path | str, task: str, num_labels: int | None) -> PreTrainedModel:
+    """The architecture without weights (meta device): enough to resolve target modules before any trial runs."""
+    config = AutoConfig.from_pretrained(str(base), trust_remote_code=False)
+    if task == "classification":
+        config.num_labels = num_labels or 2
+    with torch.device("meta"):
+        return model_class(task).from_config(config, trust_remote_code=False)

@@ -199,6 +199,9 @@ def open_sweep(spec: SweepSpec, spec_text: str) -> tuple[Study, Tracker, str]:
 def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, listener: Any = None,
               on_coordinator: Any = None) -> SweepOutcome:
     started = time.time()
+    # Data, model and target checks first: a bad data file or a target group the model lacks fails here,
+    # before any study, experiment or run is created.
+    prepare(spec)
     study, tracker, parent = open_sweep(spec, spec_text)
     notes = reconcile(spec, study, tracker)
     remaining = budget(spec) - study.finished()
@@ -206,7 +209,6 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     if on_coordinator:
         on_coordinator(coordinator)
     if remaining > 0:
-        prepare(spec)
         try:
             execute.run_tune(spec, coordinator, remaining, str(store.store_dir()),
                              store.ray_address(address or spec.infra.ray_address))

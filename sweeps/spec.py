@@ -260,18 +260,24 @@ def _semantic_issues(spec: SweepSpec) -> list[SpecIssue]:
         for name, axis in spec.search.space.items():
             if not isinstance(axis, CategoricalAxis) and isinstance(axis, FloatAxis) and axis.step is None:
                 issues.append(SpecIssue(f"search.space.{name}", "the grid sampler needs categorical or stepped axes"))
-    known = CLASSIFICATION_METRICS if spec.task == "classification" else INSTRUCTION_METRICS
-    for i, obj in enumerate(spec.objectives):
-        if obj.metric not in known:
-            issues.append(
-                SpecIssue(f"objectives[{i}].metric", f"unknown metric for task {spec.task}; allowed: "
-                          f"{', '.join(sorted(known))}", obj.metric)
-            )
+    issues += _objective_issues(spec.task, [o.model_dump() for o in spec.objectives])
     if len(set(spec.metric_names())) != len(spec.objectives):
         issues.append(SpecIssue("objectives", "each metric may appear once", spec.metric_names()))
     if spec.budget.concurrency > spec.budget.trials:
         issues.append(SpecIssue("budget.concurrency", f"more than budget.trials ({spec.budget.trials})",
                                 spec.budget.concurrency))
+    return issues
+
+
+def _objective_issues(task: Any, objectives: Any) -> list[SpecIssue]:
+    """Unknown objective metrics; also run on the raw YAML when other fields failed, so all errors show at once."""
+    known = INSTRUCTION_METRICS if task == "instruction" else CLASSIFICATION_METRICS
+    issues = []
+    for i, obj in enumerate(objectives if isinstance(objectives, list) else []):
+        metric = obj.get("metric") if isinstance(obj, dict) else None
+        if isinstance(metric, str) and metric not in known:
+            issues.append(SpecIssue(f"objectives[{i}].metric", f"unknown metric for task {task or 'classification'}; "
+                                    f"allowed: {', '.join(sorted(known))}", metric))
     return issues
 
 
@@ -298,7 +304,10 @@ def validate_dict(raw: dict, source: str = "<dict>", base_dir: Path | None = Non
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(source, [SpecIssue(_path(e["loc"]), e["msg"], _shown(e)) for e in exc.errors()]) from None
+        issues = [SpecIssue(_path(e["loc"]), e["msg"], _shown(e)) for e in exc.errors()]
+        seen = {i.path for i in issues}
+        issues += [i for i in _objective_issues(raw.get("task"), raw.get("objectives")) if i.path not in seen]
+        raise SpecError(source, issues) from None
     issues = _semantic_issues(spec) + _local_file_issues(spec, base_dir or Path.cwd())
     if issues:
         raise SpecError(source, issues)

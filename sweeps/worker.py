@@ -31,6 +31,18 @@ def release_memory() -> None:
         pass
 
 
+def check_targets(spec: SweepSpec, model: Any, resolve: Callable) -> None:
+    """Every target group x layer range the sweep can sample must exist in the model (else: TargetError now)."""
+    space = spec.search.space
+    targets = space["target"].choices if "target" in space and hasattr(space["target"], "choices") else [
+        spec.params.target]
+    layers = space["layers"].choices if "layers" in space and hasattr(space["layers"], "choices") else [
+        spec.params.layers]
+    for target in targets:
+        for layer in layers:
+            resolve(model, target, layer)
+
+
 def trial_params(spec: SweepSpec, sampled: dict[str, Any]) -> TrialParams:
     """The spec's fixed params overridden by the sampled point, validated again as one object."""
     return TrialParams(**{**spec.params.model_dump(), **sampled})
@@ -66,13 +78,14 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     Trials then only read caches: N concurrent workers never race to build the same cache, and a bad data
     file fails the sweep before a single trial is proposed.
     """
-    from sweeps import data, models
+    from sweeps import adapters, data, models
 
     base = models.resolve_base(spec.model)
     tokenizer = models.load_tokenizer(base)
     if spec.task != "classification":
         return {"base": str(base)}
     task = data.load_classification(spec.data, spec.seed)
+    check_targets(spec, models.skeleton(base, spec.task, len(task.labels)), adapters.target_modules)
     data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     stats = data.truncation_stats(task, tokenizer, spec.data.max_length,
                                              truncation=spec.data.truncation)

@@ -89,3 +89,27 @@ objectives: [{{metric: macro_f1, direction: maximize}}]
     assert "macro_f1" in proc.stdout and "peak_memory_mb" in proc.stdout and "rank=4" in proc.stdout
     bad = _run("trial", str(spec), "--set", "rank=0")
     assert bad.returncode == 2 and "params.rank" in bad.stderr
+
+
+@pytest.mark.slow
+def test_run_refuses_bad_data_and_missing_targets_before_creating_anything(tmp_path):
+    model = tiny_bert(tmp_path / "m")
+    train = toy_reviews(tmp_path / "train.csv")
+    store = tmp_path / "store"
+    env = {"SWEEPS_STORE": str(store), "SWEEPS_CACHE": str(tmp_path / "cache")}
+    base = f"""# Run: sweep run s.yaml
+name: refused
+model: {{base: {model}}}
+data: {{source: {train}, label_column: LABEL}}
+params: {{layers: "LAYERS"}}
+search: {{space: {{rank: [2, 4]}}}}
+objectives: [{{metric: macro_f1, direction: maximize}}]
+"""
+    spec = tmp_path / "s.yaml"
+    spec.write_text(base.replace("LABEL", "stars").replace("LAYERS", "all"))
+    proc = _run("run", str(spec), "--no-live", env=env)
+    assert proc.returncode == 2 and "stars" in proc.stderr, proc.stderr
+    spec.write_text(base.replace("LABEL", "label").replace("LAYERS", "4-5"))
+    proc = _run("run", str(spec), "--no-live", env=env)
+    assert proc.returncode == 2 and "2 blocks" in proc.stderr, proc.stderr
+    assert not (store / "mlflow.db").exists() and not (store / "optuna.db").exists()
