@@ -147,6 +147,10 @@ def run(
     console.print(f"sweep [bold]{spec.name}[/]: ran {outcome.ran} trial(s) in {outcome.wall_seconds:.0f} s; "
                   f"study holds {counts or 'no trials'}")
     _print_front(spec.name)
+    if outcome.interrupted:
+        err.print(f"[yellow]stopped early:[/] {outcome.interrupted} interrupted trial(s) are queued again; run "
+                  f"`sweep run {spec_file}` to continue the sweep")
+        raise typer.Exit(130)
     if promote:
         _promote(spec.name, promote, name or spec.name)
 

@@ -13,7 +13,7 @@ from rich.text import Text
 from sweeps.select import pareto_mask
 from sweeps.spec import SweepSpec
 
-_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "PENDING": "dim", "FAILED": "red", "PRUNED": "yellow",
+_STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "STARTING": "dim", "FAILED": "red", "PRUNED": "yellow",
           "INTERRUPTED": "magenta"}
 
 

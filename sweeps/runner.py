@@ -25,7 +25,7 @@ from sweeps.track import Tracker
 class TrialRow:
     number: int
     params: dict[str, Any]
-    state: str = "PENDING"
+    state: str = "STARTING"
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     reason: str | None = None
@@ -41,6 +41,7 @@ class SweepOutcome:
     ran: int
     wall_seconds: float
     reconciled: list[str]
+    interrupted: int = 0
 
 
 class Coordinator:
@@ -219,7 +220,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     status = "FINISHED" if study.finished() >= budget(spec) else "KILLED"
     tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})
     ran = len([r for r in coordinator.rows.values() if r.ended])
-    return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes)
+    interrupted = len([r for r in coordinator.rows.values() if r.state == "INTERRUPTED"])
+    return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes, interrupted)
 
 
 def prepare(spec: SweepSpec) -> None:

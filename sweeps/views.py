@@ -51,7 +51,8 @@ def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
     axes, metrics = list(spec.search.space), spec.metric_names()
     table = Table(title=f"sweep {sweep}")
     for col in ("trial", "state", *axes, *metrics, "reason"):
-        table.add_column(col, max_width=50 if col == "reason" else None, overflow="fold")
+        table.add_column(col, max_width=40 if col == "reason" else None, no_wrap=col in ("trial", "state"),
+                         overflow="fold")
     for rec in tracker.trial_records(sweep):
         table.add_row(str(rec.trial_number), Text(rec.state, style=_STATE_STYLE.get(rec.state, "")),
                       *[_fmt(rec.params.get(a)) for a in axes], *[_fmt(rec.metrics.get(m)) for m in metrics],
