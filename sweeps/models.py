@@ -103,7 +103,13 @@ def load_tokenizer(base: Path | str, revision: str | None = None) -> PreTrainedT
     return tokenizer
 
 
-def quantization_config(params: TrialParams) -> BitsAndBytesConfig | None:
+def _compute_dtype(params: TrialParams, device: str) -> torch.dtype:
+    if params.compute_dtype == "auto":
+        return torch.bfloat16 if detect_bf16(device) else torch.float32
+    return _DTYPES[params.compute_dtype]
+
+
+def quantization_config(params: TrialParams, device: str = "cpu") -> BitsAndBytesConfig | None:
     if params.quantization == "none":
         return None
     if params.quantization == "int8":
@@ -112,7 +118,7 @@ def quantization_config(params: TrialParams) -> BitsAndBytesConfig | None:
         load_in_4bit=True,
         bnb_4bit_quant_type=params.quantization,  # nf4 | fp4
         bnb_4bit_use_double_quant=params.double_quant,
-        bnb_4bit_compute_dtype=_DTYPES[params.compute_dtype],
+        bnb_4bit_compute_dtype=_compute_dtype(params, device),
         llm_int8_skip_modules=HEAD_SKIP_PATTERNS,
     )
 
@@ -144,7 +150,7 @@ def load_base(base: Path | str, task: str, num_labels: int | None, params: Trial
             raise ValueError("classification needs num_labels")
         # A base that is already a classifier with another label count gets a fresh head of the right size.
         kwargs.update(num_labels=num_labels, ignore_mismatched_sizes=True)
-    qconfig = quantization_config(params)
+    qconfig = quantization_config(params, device)
     if qconfig is not None:
         # bitsandbytes quantizes while loading onto the target device; a later .to() cannot move packed weights.
         kwargs.update(quantization_config=qconfig, device_map={"": device})

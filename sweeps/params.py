@@ -52,8 +52,10 @@ class TrialParams(BaseModel):
         "none", description="Base-model weights: none (full precision), int8 (LLM.int8), nf4 or fp4 (4-bit)."
     )
     double_quant: bool = Field(True, description="4-bit only: quantize the quantization constants too.")
-    compute_dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="4-bit only: dtype the dequantized matmul runs in."
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="4-bit only: dtype the dequantized matmul runs in. auto: bfloat16 where the hardware has fast "
+        "bf16 (CUDA, CPUs with AMX), else float32 (bf16 on a CPU without it was ~100x slower, measured).",
     )
     # --- optimisation
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="AdamW peak learning rate (linear warm-up and decay).")
