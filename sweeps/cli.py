@@ -113,11 +113,9 @@ _EPOCH_KEYS = ("train_loss", "loss", "accuracy", "macro_f1", "peak_memory_mb")
 
 
 def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:,.0f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    from sweeps.progress import fmt
+
+    return fmt(value)
 
 
 @app.command()

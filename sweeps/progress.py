@@ -76,8 +76,8 @@ class LiveView:
             star = "*" if row.number in front else " "
             table.add_row(
                 f"{star}{row.number}", Text(row.state, style=_STYLE.get(row.state, "")), str(row.epoch or ""),
-                *[_short(row.params.get(k)) for k in self.spec.search.space],
-                *[_short(row.metrics.get(m)) for m in metrics], row.reason or "",
+                *[fmt(row.params.get(k)) for k in self.spec.search.space],
+                *[fmt(row.metrics.get(m)) for m in metrics], row.reason or "",
             )
         return Group(table, Text(f"{self._summary()}   (* = on the current Pareto front)", style="dim"))
 
@@ -90,9 +90,20 @@ class LiveView:
         return {r.number for r, keep in zip(done, mask, strict=True) if keep}
 
 
-def _short(value: Any) -> str:
+def fmt(value: Any) -> str:
+    """Metrics and MLflow's stringified params alike: integers with separators, floats to 4 significant digits."""
     if value is None:
         return ""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".e") else int(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+

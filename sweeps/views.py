@@ -7,27 +7,10 @@ from datetime import datetime
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.progress import fmt as _fmt
 from sweeps.track import Tracker
 
 _STATE_STYLE = {"COMPLETE": "green", "FAILED": "red", "PRUNED": "yellow", "RUNNING": "cyan"}
-
-
-def _fmt(value) -> str:
-    """Metrics and MLflow's stringified params alike: integers with separators, floats to 4 significant digits."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:
-            return value
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
 
 
 def sweeps_table(tracker: Tracker | None = None) -> Table:
