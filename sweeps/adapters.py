@@ -8,6 +8,7 @@ is also a suffix of `attention.output.dense` (attention out).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -15,6 +16,9 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_
 from transformers.pytorch_utils import Conv1D
 
 from sweeps.params import TrialParams, resolve_layers
+
+# peft reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is theirs, not the user's.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 # family -> group -> module paths inside one transformer block
 ARCH_GROUPS: dict[str, dict[str, tuple[str, ...]]] = {
