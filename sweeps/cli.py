@@ -168,7 +168,7 @@ def _print_front(sweep: str, plot: bool = True) -> None:
 
     try:
         report = pareto_report(sweep, plot=plot)
-    except PromotionError as exc:
+    except (PromotionError, ValueError) as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     if report is None:
@@ -219,9 +219,14 @@ def ls() -> None:
 @app.command()
 def show(sweep: Annotated[str, typer.Argument(help="Sweep name")]) -> None:
     """List a sweep's trials: state, parameters, metrics, failure reasons."""
+    from sweeps.results import PromotionError
     from sweeps.views import trials_table
 
-    console.print(trials_table(sweep))
+    try:
+        console.print(trials_table(sweep))
+    except (PromotionError, ValueError) as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
 
 
 def main() -> None:  # pragma: no cover - console entry point

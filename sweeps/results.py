@@ -61,6 +61,7 @@ def complete_records(spec: SweepSpec, tracker: Tracker) -> list[TrialRecord]:
 
 
 def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None) -> ParetoReport | None:
+    store.safe_name(sweep, "sweep name")  # before Tracker(): opening it creates the store and mlflow.db
     tracker = tracker or Tracker()
     spec = sweep_spec(tracker, sweep)
     all_records = tracker.trial_records(spec.name)
@@ -116,8 +117,9 @@ class Promotion:
 def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] | None = None,
                   tracker: Tracker | None = None, per_objective: bool = True) -> Promotion:
     """Choose by `policy`, register the chosen adapter (alias champion) and each objective's best front point."""
+    store.safe_name(name, "model name")  # before Tracker(): opening it creates the store and mlflow.db
+    store.safe_name(sweep, "sweep name")
     tracker = tracker or Tracker()
-    store.safe_name(name, "model name")
     spec = sweep_spec(tracker, sweep)
     records = complete_records(spec, tracker)
     if not records:

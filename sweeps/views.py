@@ -28,7 +28,9 @@ def sweeps_table(tracker: Tracker | None = None) -> Table:
 
 def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
     from sweeps.results import sweep_spec
+    from sweeps.store import safe_name
 
+    safe_name(sweep, "sweep name")  # before Tracker(): opening it creates the store
     tracker = tracker or Tracker()
     spec = sweep_spec(tracker, sweep)
     axes, metrics = list(spec.search.space), spec.metric_names()
