@@ -12,11 +12,12 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps import execute, store
-from sweeps.search import Study
+from sweeps.search import HEARTBEAT_S, Study
 from sweeps.spec import SweepSpec
 from sweeps.track import Tracker
 
@@ -56,6 +57,25 @@ class Coordinator:
         self.listener = listener
         self._stop = threading.Event()
         self.spec_dict = spec.model_dump(mode="json")
+        self.driver = uuid.uuid4().hex[:12]
+        self._beating = threading.Event()
+
+    def start_heartbeat(self) -> None:
+        """Mark this driver alive in the study until `stop_heartbeat`, so a concurrent `sweep run` on the same
+        study (a team on one PostgreSQL) does not take our running trials for a crash's leftovers."""
+        self.study.heartbeat(self.driver)
+
+        def beat() -> None:
+            while not self._beating.wait(HEARTBEAT_S):
+                try:
+                    self.study.heartbeat(self.driver)
+                except Exception:  # a missed beat is retried on the next tick; never kill the sweep for it
+                    pass
+
+        threading.Thread(target=beat, name="sweeps-heartbeat", daemon=True).start()
+
+    def stop_heartbeat(self) -> None:
+        self._beating.set()
 
     # --- called by the Ray searcher
     def stopping(self) -> bool:
@@ -65,10 +85,12 @@ class Coordinator:
         self._stop.set()
 
     def propose(self) -> dict[str, Any] | None:
-        if self.remaining <= 0:
+        # The live study, not a count taken at start: other drivers may be filling the same budget.
+        if self.remaining <= 0 or self.study.asked() >= budget(self.spec):
             return None
         self.remaining -= 1
         number, sampled = self.study.ask()
+        self.study.set_attr(number, "driver", self.driver)
         from sweeps.worker import trial_params
 
         flat = trial_params(self.spec, sampled).flat()
@@ -162,7 +184,8 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
     """Repair what a crashed driver left behind; returns one line per repair."""
     notes = []
     records = {r.trial_number: r for r in tracker.trial_records(spec.name)}
-    for trial in study.stale_running():
+    live = study.live_drivers()
+    for trial in study.stale_running(live):
         rec = records.get(trial.number)
         if rec is not None and rec.state == "COMPLETE" and rec.status == "FINISHED":
             values = [rec.metrics.get(m) for m in spec.metric_names()]
@@ -177,7 +200,8 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
         study.tell(trial.number, "FAIL", attrs={"reason": reason, "interrupted": True})
         study.enqueue(trial.params)
         notes.append(f"trial {trial.number}: interrupted, marked FAIL and re-queued")
-    for number in tracker.reconcile_running(spec.name):
+    running_elsewhere = {t.number for t in study.trials() if t.state == "RUNNING" and t.attrs.get("driver") in live}
+    for number in tracker.reconcile_running(spec.name, keep=running_elsewhere):
         notes.append(f"trial {number}: MLflow run left RUNNING, marked FAILED")
     return notes
 
@@ -205,16 +229,18 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     prepare(spec)
     study, tracker, parent = open_sweep(spec, spec_text)
     notes = reconcile(spec, study, tracker)
-    remaining = budget(spec) - study.finished()
+    remaining = budget(spec) - study.asked()
     coordinator = Coordinator(spec, study, tracker, parent, max(0, remaining), listener)
     if on_coordinator:
         on_coordinator(coordinator)
     if remaining > 0:
+        coordinator.start_heartbeat()
         try:
             execute.run_tune(spec, coordinator, remaining, str(store.store_dir()),
                              store.ray_address(address or spec.infra.ray_address))
         finally:
             coordinator.close_open()
+            coordinator.stop_heartbeat()
             execute.shutdown()
     counts = study.counts()
     status = "FINISHED" if study.finished() >= budget(spec) else "KILLED"

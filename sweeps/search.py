@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+HEARTBEAT_S = 10.0  # how often a driver marks itself alive
+HEARTBEAT_TIMEOUT_S = 45.0  # a driver silent for this long is taken for dead
 
 
 @dataclass(frozen=True)
@@ -174,8 +176,25 @@ class Study:
     def waiting(self) -> int:
         return self.counts().get("WAITING", 0)
 
-    def stale_running(self) -> list[StudyTrial]:
-        return [t for t in self.trials() if t.state == "RUNNING"]
+    def asked(self) -> int:
+        """Trials that use up the budget, counting those running now (in this driver or another one)."""
+        return sum(1 for t in self.trials()
+                   if t.state in (*FINISHED_STATES, "RUNNING") and not t.attrs.get("interrupted"))
+
+    # Optuna's own heartbeat never runs under ask/tell, so drivers keep theirs in study user attributes: a
+    # RUNNING trial whose driver beat recently belongs to a live `sweep run`, not to a crash.
+    def heartbeat(self, driver: str) -> None:
+        _retry(lambda: self.study.set_user_attr(f"driver.{driver}", time.time()), "heartbeat")
+
+    def live_drivers(self, max_age_s: float = HEARTBEAT_TIMEOUT_S) -> set[str]:
+        now = time.time()
+        attrs = _retry(lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "attrs")
+        return {k.split(".", 1)[1] for k, v in attrs.items()
+                if k.startswith("driver.") and isinstance(v, (int, float)) and now - v < max_age_s}
+
+    def stale_running(self, live: set[str] | None = None) -> list[StudyTrial]:
+        live = self.live_drivers() if live is None else live
+        return [t for t in self.trials() if t.state == "RUNNING" and t.attrs.get("driver") not in live]
 
 
 def delete_study(name: str, storage_url: str) -> None:

@@ -210,10 +210,12 @@ class Tracker:
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, STATUS_OF[state])
 
-    def reconcile_running(self, sweep: str,
-                          reason: str = "driver stopped before the trial finished") -> list[int]:
-        """Trials left RUNNING by a crashed driver become FAILED (not KILLED: KILLED means pruned here)."""
-        stale = self._trial_runs(sweep, " AND attributes.status = 'RUNNING'")
+    def reconcile_running(self, sweep: str, reason: str = "driver stopped before the trial finished",
+                          keep: set[int] | frozenset[int] = frozenset()) -> list[int]:
+        """Trials left RUNNING by a crashed driver become FAILED (not KILLED: KILLED means pruned here).
+        `keep`: trial numbers a live driver is still running (another `sweep run` on the same study)."""
+        stale = [r for r in self._trial_runs(sweep, " AND attributes.status = 'RUNNING'")
+                 if int(r.data.tags["sweeps.trial_number"]) not in keep]
         for run in stale:
             self._fail(run.info.run_id, reason)
         return sorted(int(r.data.tags["sweeps.trial_number"]) for r in stale)

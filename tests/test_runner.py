@@ -18,7 +18,7 @@ search: {sampler: random, space: {rank: [2, 4, 8]}}
 objectives:
   - {metric: macro_f1, direction: maximize}
   - {metric: peak_memory_mb, direction: minimize}
-budget: {trials: 4, concurrency: 1}
+budget: {trials: 6, concurrency: 1}
 """
 
 
@@ -73,6 +73,7 @@ def test_each_outcome_is_recorded_the_same_in_both_stores(tracker, tmp_path):
     assert "killed" in mlflow[numbers[3]].tags["sweeps.failure_reason"]
     assert study.waiting() == 1  # the interrupted point is queued again
     assert study.finished() == 4  # ... and does not count against the budget
+    assert study.asked() == 4
     assert mlflow[numbers[0]].params["rank"] == str(optuna[numbers[0]].params["rank"])
 
 
@@ -109,5 +110,38 @@ def test_reconcile_after_a_crash_between_mlflow_and_optuna(tracker, tmp_path):
 
 def test_grid_budget_is_capped_at_the_grid():
     spec = validate_dict(parse_yaml(SPEC.replace("NAME", "g").replace("sampler: random", "sampler: grid")
-                                    .replace("trials: 4", "trials: 10")))
+                                    .replace("trials: 6", "trials: 10")))
     assert runner.budget(spec) == 3
+
+
+def test_a_live_driver_keeps_its_trials_and_shares_the_budget(tracker, tmp_path):
+    """Two `sweep run` on one study (a team on PostgreSQL): B must not reconcile A's running trials away, and
+    both together stop at the budget."""
+    spec, study, t, parent = _setup(tracker, "two-drivers")
+    a = runner.Coordinator(spec, study, t, parent, remaining=4)
+    a.start_heartbeat()
+    try:
+        running = a.propose()["trial_number"]
+        assert runner.reconcile(spec, study, t) == []  # what driver B does at its start
+        assert study.trials()[0].state == "RUNNING"
+        assert t.trial_records("two-drivers")[0].status == "RUNNING"
+        b = runner.Coordinator(spec, study, t, parent, remaining=6)
+        proposed = [b.propose() for _ in range(6)]
+        assert sum(p is not None for p in proposed) == 5  # 6 in the budget, 1 already running in A
+        assert a.propose() is None
+    finally:
+        a.stop_heartbeat()
+    a.completed(running, _final(_adapter(tmp_path)), pruned=False, error=None)
+    assert study.asked() == 6
+
+
+def test_a_dead_drivers_trials_are_reconciled(tracker):
+    spec, study, t, parent = _setup(tracker, "dead-driver")
+    a = runner.Coordinator(spec, study, t, parent, remaining=1)
+    a.start_heartbeat()
+    a.stop_heartbeat()
+    a.propose()
+    assert a.driver in study.live_drivers()  # it beat a moment ago
+    assert study.stale_running() == []
+    assert study.live_drivers(max_age_s=0.0) == set()  # ... and is dead once its beat is older than the timeout
+    assert [tr.state for tr in study.stale_running(live=set())] == ["RUNNING"]
