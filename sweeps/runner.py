@@ -128,7 +128,9 @@ class Coordinator:
             # Same step as the last epoch report: MLflow shows the value at the highest step (then the newest),
             # so the final figures are what the UI's compare view shows.
             self.tracker.log_metrics(run_id, metrics, step=row.epoch)
-            self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]))
+            # String facts about the run (the Ray node, the memory method, ...) become tags; metrics stay numeric.
+            info = {f"sweeps.{k}": str(v) for k, v in result.items() if k.startswith("info.")}
+            self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]), extra_tags=info)
             attrs = {"metrics": metrics, "mlflow_run_id": run_id}
             self.study.tell(number, "COMPLETE", values=values, attrs=attrs)
             row.state = "COMPLETE"
@@ -177,7 +179,8 @@ def _numeric(result: dict[str, Any], spec: SweepSpec) -> dict[str, float]:
     skip = {"trial_number", "epoch", "training_iteration", "time_this_iter_s", "time_total_s", "timestamp",
             "pid", "time_since_restore", "iterations_since_restore", "done"}
     return {k: float(v) for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip and "/" not in k}
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip and "/" not in k
+            and not k.startswith("info.")}
 
 
 def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
