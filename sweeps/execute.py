@@ -42,7 +42,23 @@ def _trainable(config: dict[str, Any]) -> None:
         tune.report({**metrics, "phase": "epoch"})
 
     final = run_one(config["spec"], config["trial_number"], config["params"], report, threads)
-    tune.report({**final, "phase": "final"})
+    # Which Ray node ran the trial: a string, so the coordinator's numeric-only metrics skip it; also written next
+    # to the adapter (<store>/trials/<sweep>/trial-NNNN/node.json) where an operator or a test can read it.
+    node_id = ray.get_runtime_context().get_node_id()
+    _write_node(config["spec"]["name"], config["trial_number"], node_id)
+    tune.report({**final, "info.node_id": node_id, "phase": "final"})
+
+
+def _write_node(sweep: str, number: int, node_id: str) -> None:
+    import json
+
+    from sweeps import store
+
+    try:
+        (store.trial_dir(sweep, number) / "node.json").write_text(
+            json.dumps({"node_id": node_id, "hostname": os.uname().nodename, "pid": os.getpid()}))
+    except OSError:  # a node without the shared store keeps its trial; only the record is lost
+        pass
 
 
 # Tune pickles its searcher, scheduler and callbacks into its experiment state. The coordinator holds database
@@ -205,8 +221,12 @@ def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: s
 def _worker_env(store: str) -> dict[str, str]:
     # No MALLOC_MMAP_THRESHOLD_ here: forcing every large tensor through mmap/munmap costs page faults on every
     # allocation and made trials 2x slower (measured); sweeps.worker.release_memory trims between trials instead.
-    return {"SWEEPS_STORE": store, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-            "TRANSFORMERS_VERBOSITY": "error"}
+    # On a cluster the workers inherit the raylet's environment, not the driver's: forward what locates the caches.
+    env = {"SWEEPS_STORE": store, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+           "TRANSFORMERS_VERBOSITY": "error"}
+    if os.environ.get("SWEEPS_CACHE"):
+        env["SWEEPS_CACHE"] = os.environ["SWEEPS_CACHE"]
+    return env
 
 
 def shutdown() -> None:
