@@ -25,6 +25,27 @@ err = Console(stderr=True)
 SpecFile = Annotated[Path, typer.Argument(help="Sweep YAML, e.g. search_spaces/rank_study.yaml")]
 
 
+@app.callback()
+def _servers(
+    tracking_uri: Annotated[str | None, typer.Option(
+        help="MLflow tracking URI for every command (same as MLFLOW_TRACKING_URI; a spec's infra.tracking_uri "
+        "wins). Default: sqlite:///<store>/mlflow.db")] = None,
+    study_storage: Annotated[str | None, typer.Option(
+        help="SQLAlchemy URL of the Optuna studies (same as SWEEPS_STUDY_STORAGE; a spec's infra.study_storage "
+        "wins). Default: sqlite:///<store>/optuna.db")] = None,
+    store: Annotated[Path | None, typer.Option(help="Local store directory (same as SWEEPS_STORE). "
+                                               "Default: ./mlruns")] = None,
+) -> None:
+    """Where sweeps are recorded; see platform/README.md for a team's shared servers."""
+    import os
+
+    # Environment variables, so every module that resolves a location (sweeps.store) sees the same answer.
+    for name, value in (("MLFLOW_TRACKING_URI", tracking_uri), ("SWEEPS_STUDY_STORAGE", study_storage),
+                        ("SWEEPS_STORE", str(store) if store else None)):
+        if value:
+            os.environ[name] = value
+
+
 def _load(path: Path, overrides: dict | None = None):
     from sweeps.spec import SpecError, load_spec
 

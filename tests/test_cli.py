@@ -113,3 +113,10 @@ objectives: [{{metric: macro_f1, direction: maximize}}]
     proc = _run("run", str(spec), "--no-live", env=env)
     assert proc.returncode == 2 and "2 blocks" in proc.stderr, proc.stderr
     assert not (store / "mlflow.db").exists() and not (store / "optuna.db").exists()
+
+
+def test_global_server_options_point_every_command_elsewhere(tmp_path):
+    store, db = tmp_path / "store", tmp_path / "elsewhere.db"
+    proc = _run("--store", str(store), "--tracking-uri", f"sqlite:///{db}", "ls")
+    assert proc.returncode == 0, proc.stderr
+    assert db.is_file() and not (store / "mlflow.db").exists()
