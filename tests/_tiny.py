@@ -53,3 +53,26 @@ def toy_reviews(path: Path, n: int = 90, seed: int = 0, imbalance: bool = True) 
         rows.append(f"{' '.join(words)},{label}")
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def tiny_sweep_yaml(name: str, model: Path, train: Path, test: Path, epochs: int = 2, trials: int = 4,
+                    concurrency: int = 2) -> str:
+    """The 3-objective sweep spec the end-to-end and scale-out tests run on the tiny BERT."""
+    return f"""# Run: sweep run {name}.yaml
+name: {name}
+task: classification
+seed: 3
+model: {{base: {model}}}
+data: {{source: {train}, test: {test}, validation_fraction: 0.3, max_length: 16}}
+params: {{epochs: {epochs}, batch_size: 8, learning_rate: 1e-2, bf16: "off"}}
+search:
+  sampler: random
+  space:
+    rank: [2, 4, 8]
+    target: [attention, all-linear]
+objectives:
+  - {{metric: macro_f1, direction: maximize}}
+  - {{metric: peak_memory_mb, direction: minimize}}
+  - {{metric: trainable_params, direction: minimize}}
+budget: {{trials: {trials}, concurrency: {concurrency}, cpus_per_trial: 1}}
+"""

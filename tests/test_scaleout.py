@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from _tiny import tiny_bert, toy_reviews
+from _tiny import tiny_bert, tiny_sweep_yaml, toy_reviews
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -208,25 +208,8 @@ def _spec(root: Path, name: str, trials: int, concurrency: int) -> Path:
         toy_reviews(root / "train.csv", n=90, seed=1)
         toy_reviews(root / "test.csv", n=45, seed=2)
     spec = root / f"{name}.yaml"
-    spec.write_text(textwrap.dedent(f"""\
-        # Run: sweep run {spec.name}
-        name: {name}
-        task: classification
-        seed: 3
-        model: {{base: {model}}}
-        data: {{source: {root / 'train.csv'}, test: {root / 'test.csv'}, validation_fraction: 0.3, max_length: 16}}
-        params: {{epochs: 1, batch_size: 8, learning_rate: 1e-2, bf16: "off"}}
-        search:
-          sampler: random
-          space:
-            rank: [2, 4, 8]
-            target: [attention, all-linear]
-        objectives:
-          - {{metric: macro_f1, direction: maximize}}
-          - {{metric: peak_memory_mb, direction: minimize}}
-          - {{metric: trainable_params, direction: minimize}}
-        budget: {{trials: {trials}, concurrency: {concurrency}, cpus_per_trial: 1}}
-        """))
+    spec.write_text(tiny_sweep_yaml(name, model, root / "train.csv", root / "test.csv", epochs=1, trials=trials,
+                                    concurrency=concurrency))
     return spec
 
 

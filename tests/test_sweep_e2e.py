@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _tiny import tiny_bert, toy_reviews
+from _tiny import tiny_bert, tiny_sweep_yaml, toy_reviews
 
 SWEEP = Path(sys.executable).parent / "sweep"
 
@@ -24,25 +24,7 @@ def sweep_env(tmp_path_factory):
     train = toy_reviews(root / "train.csv", n=90, seed=1)
     test = toy_reviews(root / "test.csv", n=45, seed=2)
     spec = root / "tiny.yaml"
-    spec.write_text(textwrap.dedent(f"""\
-        # Run: sweep run tiny.yaml
-        name: tiny_e2e
-        task: classification
-        seed: 3
-        model: {{base: {model}}}
-        data: {{source: {train}, test: {test}, validation_fraction: 0.3, max_length: 16}}
-        params: {{epochs: 2, batch_size: 8, learning_rate: 1e-2, bf16: "off"}}
-        search:
-          sampler: random
-          space:
-            rank: [2, 4, 8]
-            target: [attention, all-linear]
-        objectives:
-          - {{metric: macro_f1, direction: maximize}}
-          - {{metric: peak_memory_mb, direction: minimize}}
-          - {{metric: trainable_params, direction: minimize}}
-        budget: {{trials: 4, concurrency: 2, cpus_per_trial: 1}}
-        """))
+    spec.write_text(tiny_sweep_yaml("tiny_e2e", model, train, test))
     env = {**os.environ, "SWEEPS_STORE": str(root / "store"), "SWEEPS_CACHE": str(root / "cache")}
     return root, spec, env
 
