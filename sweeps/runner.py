@@ -130,6 +130,8 @@ class Coordinator:
             self.tracker.log_metrics(run_id, metrics, step=row.epoch)
             # String facts about the run (the Ray node, the memory method, ...) become tags; metrics stay numeric.
             info = {f"sweeps.{k}": str(v) for k, v in result.items() if k.startswith("info.")}
+            if result.get("tables_dir"):  # e.g. generations before/after tuning (instruction task)
+                self.tracker.log_tables(run_id, Path(result["tables_dir"]))
             self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]), extra_tags=info)
             attrs = {"metrics": metrics, "mlflow_run_id": run_id}
             self.study.tell(number, "COMPLETE", values=values, attrs=attrs)

@@ -57,6 +57,41 @@ class DataSpec(BaseModel):
     labels: list[str] | None = Field(
         None, description="Explicit label order; default: sorted distinct labels of the training data."
     )
+    # --- instruction task
+    messages_column: str = Field(
+        "messages", description="Instruction: column holding the chat, a list of {role, content} messages."
+    )
+    prompt_column: str | None = Field(
+        None, description="Instruction: build the chat from this request column instead (with response_column)."
+    )
+    response_column: str | None = Field(None, description="Instruction: the answer column paired with prompt_column.")
+    system_prompt: str | None = Field(
+        None, description="Instruction: system message put before every chat (training, evaluation, serving)."
+    )
+    category_column: str | None = Field(
+        "category", description="Instruction: the routing category of each example (stratifies the validation "
+        "carve; scored by routing_accuracy). null: none."
+    )
+    category_pattern: str = Field(
+        r"Category:\s*([A-Za-z0-9_-]+)",
+        description="Instruction: regex whose first group extracts the category from a generated answer.",
+    )
+    generation_examples: int = Field(
+        6, ge=0, le=100, description="Instruction: held-out requests whose generations before and after tuning are "
+        "logged to each trial's MLflow run as a table."
+    )
+    max_new_tokens: int = Field(96, ge=1, le=4096, description="Instruction: tokens generated for those examples.")
+
+    @field_validator("category_pattern")
+    @classmethod
+    def _one_group(cls, value: str) -> str:
+        try:
+            groups = re.compile(value).groups
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if groups < 1:
+            raise ValueError("needs a capture group around the category, e.g. 'Category: (\\S+)'")
+        return value
 
 
 class IntAxis(BaseModel):
@@ -261,6 +296,13 @@ def _semantic_issues(spec: SweepSpec) -> list[SpecIssue]:
             if not isinstance(axis, CategoricalAxis) and isinstance(axis, FloatAxis) and axis.step is None:
                 issues.append(SpecIssue(f"search.space.{name}", "the grid sampler needs categorical or stepped axes"))
     issues += _objective_issues(spec.task, [o.model_dump() for o in spec.objectives])
+    if (spec.data.prompt_column is None) != (spec.data.response_column is None):
+        issues.append(SpecIssue("data.response_column" if spec.data.response_column is None else "data.prompt_column",
+                                "prompt_column and response_column go together (or leave both unset to read "
+                                f"chats from messages_column {spec.data.messages_column!r})"))
+    if (spec.task == "instruction" and "routing_accuracy" in spec.metric_names()
+            and spec.data.category_column is None):
+        issues.append(SpecIssue("data.category_column", "objective routing_accuracy needs a category column"))
     if len(set(spec.metric_names())) != len(spec.objectives):
         issues.append(SpecIssue("objectives", "each metric may appear once", spec.metric_names()))
     if spec.budget.concurrency > spec.budget.trials:

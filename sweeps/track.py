@@ -11,6 +11,7 @@ each other. Only the sweep driver writes: SQLite locks the whole database per wr
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -255,6 +256,14 @@ class Tracker:
             self.client.log_artifacts(run_id, str(path), artifact_path)
         else:
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_tables(self, run_id: str, folder: Path) -> None:
+        """Each `name.json` ({"columns": [...], "data": [[...]]}) of folder becomes an MLflow table of the run,
+        shown in the UI's artifact view and in its evaluation / table comparison."""
+        for path in sorted(Path(folder).glob("*.json")):
+            table = json.loads(path.read_text(encoding="utf-8"))
+            columns = {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}
+            self.client.log_table(run_id, data=columns, artifact_file=path.name)
 
     def sweep_spec_text(self, sweep: str) -> str | None:
         """The spec YAML the sweep was last started with (artifact spec.yaml of its parent run)."""

@@ -9,7 +9,6 @@ objective-able metric, so an early-stopping rule can compare trials at a rung) a
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -44,6 +43,8 @@ class TrialResult:
     adapter_dir: Path
     history: list[dict] = field(default_factory=list)
     info: dict = field(default_factory=dict)
+    # name -> {"columns": [...], "data": [[...], ...]}: logged to the trial's run as MLflow tables
+    tables: dict[str, dict] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- setup helpers
@@ -198,17 +199,52 @@ def _check_memory(params: TrialParams, pm: PeakMemory, where: str) -> None:
                               f"{params.max_memory_mb:g} MB ({where}; {pm.method})")
 
 
-def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, stats) -> list[dict]:
-    train_cols = _columns(splits["train"])
-    lengths = np.array([len(x) for x in train_cols["input_ids"]])
-    train_labels = np.asarray(train_cols["labels"])
-    num_labels = len(task.labels)
-    weights = class_weights(train_labels, num_labels) if params.class_balance == "weighted_loss" else None
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None)
-    sample_w = None
-    if params.class_balance == "balanced_sampler":
-        sample_w = class_weights(train_labels, num_labels).numpy()[train_labels].astype(np.float64)
+class ClassificationTask:
+    """Batches, loss and evaluation of sequence classification for the training loop below."""
 
+    metric_keys = ("accuracy", "macro_f1", "loss")
+
+    def __init__(self, spec: SweepSpec, params: TrialParams, tokenizer):
+        self.params, self.pad_id = params, tokenizer.pad_token_id
+        self.data, self.splits = _prepare_data(spec, params, tokenizer)
+        self.num_labels = len(self.data.labels)
+        self.cols = _columns(self.splits["train"])
+        self.lengths = np.array([len(x) for x in self.cols["input_ids"]])
+        labels = np.asarray(self.cols["labels"])
+        self.weights = class_weights(labels, self.num_labels)
+        self.sample_w = None
+        if params.class_balance == "balanced_sampler":
+            self.sample_w = self.weights.numpy()[labels].astype(np.float64)
+        self._loss_fn = None
+        self.tokenizer, self.spec = tokenizer, spec
+
+    def train_batches(self, rng: np.random.Generator, device: str, batches_of):
+        for idx in batches_of(self.lengths, self.params.batch_size, rng, True, self.sample_w):
+            yield _collate(self.cols, idx, self.pad_id, device)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        if self._loss_fn is None:
+            weighted = self.params.class_balance == "weighted_loss"
+            self._loss_fn = torch.nn.CrossEntropyLoss(weight=self.weights.to(batch["labels"].device)
+                                                      if weighted else None)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return self._loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
+
+    def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
+        return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
+
+    def save_extras(self, adapter_dir: Path) -> None:
+        (adapter_dir / "labels.json").write_text(json.dumps(self.data.labels))
+
+    def info(self) -> dict:
+        d = self.spec.data
+        return {"train_examples": len(self.splits["train"]), "validation_examples": len(self.splits["validation"]),
+                "labels": self.data.labels, "data_fingerprint": self.data.fingerprint,
+                "truncation": data.truncation_stats(self.data, self.tokenizer, d.max_length, truncation=d.truncation),
+                "dropped_rows": dict(self.data.dropped)}
+
+
+def _optimizer(model, params: TrialParams, total_steps: int):
     trainable = [p for p in model.parameters() if p.requires_grad]
     # PEFT names the fully trained head copies `...modules_to_save...`: they get their own learning rate.
     head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
@@ -217,10 +253,14 @@ def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, 
     if head:
         groups.append({"params": head, "lr": params.learning_rate * params.head_lr_ratio})
     optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, weight_decay=params.weight_decay)
-    steps_per_epoch = math.ceil(len(lengths) / params.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(steps_per_epoch * params.epochs, params.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, params.warmup_ratio))
+    return trainable, optimizer, scheduler
+
+
+def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[dict]:
     rng = np.random.default_rng(spec.seed)
+    steps_per_epoch = sum(1 for _ in task.train_batches(np.random.default_rng(spec.seed), "cpu", _batches))
+    trainable, optimizer, scheduler = _optimizer(model, params, steps_per_epoch * params.epochs)
     n_trainable, _ = adapters.trainable_params(model)
     device_type = torch.device(device).type
     history: list[dict] = []
@@ -228,11 +268,9 @@ def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, 
     for epoch in range(1, params.epochs + 1):
         model.train()
         loss_sum, n_batches = 0.0, 0
-        for step, idx in enumerate(_batches(lengths, params.batch_size, rng, True, sample_w), start=1):
-            batch = _collate(train_cols, idx, pad_id, device)
+        for step, batch in enumerate(task.train_batches(rng, device, _batches), start=1):
             with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = loss_fn(logits.float(), batch["labels"])
+                loss, tokens = task.loss(model, batch)
             if not torch.isfinite(loss):
                 kind = "nan" if torch.isnan(loss) else "inf"
                 raise TrialFailed(f"loss became {kind} at epoch {epoch} step {step} "
@@ -244,9 +282,9 @@ def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, 
             scheduler.step()
             loss_sum += loss.item()
             n_batches += 1
-            stats["tokens"] += int(batch["attention_mask"].sum())
+            stats["tokens"] += tokens
         stats["train_seconds"] = time.perf_counter() - t0
-        metrics = evaluate(model, splits["validation"], pad_id, params.batch_size, device, bf16)
+        metrics = task.evaluate(model, device, bf16)
         t0 = time.perf_counter() - stats["train_seconds"]  # evaluation time is not training time
         row = {"epoch": epoch, **metrics, "train_loss": loss_sum / max(1, n_batches),
                "peak_memory_bytes": pm.peak_bytes, "peak_memory_mb": pm.peak_mb,
@@ -263,70 +301,87 @@ def _train(model, splits, task, pad_id, params, spec, device, bf16, pm, report, 
 # ---------------------------------------------------------------- entry points
 
 
-def _require_classification(spec: SweepSpec) -> None:
-    if spec.task != "classification":
-        raise NotImplementedError(f"task {spec.task!r} is not implemented yet in sweeps.trial (classification "
-                                  "only): instruction tuning (causal-LM loss, perplexity) comes with its own issue")
+def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",)):
+    if spec.task == "instruction":
+        from sweeps.instruct import InstructionTask  # torch-only module; imported late to keep this one's import light
+
+        return InstructionTask(spec, params, tokenizer, splits)
+    task = ClassificationTask(spec, params, tokenizer)
+    for split in splits:
+        if split not in task.splits:
+            raise ValueError(f"split {split!r} not available; have {', '.join(sorted(task.splits))}")
+    return task
+
+
+def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str):
+    model = models.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
               report: Callable[[dict], None] | None = None, device: str | None = None) -> TrialResult:
-    _require_classification(spec)
     device = pick_device(device)
     threads = _set_threads()
     _seed_everything(spec.seed)
     base = models.resolve_base(spec.model)
     tokenizer = models.load_tokenizer(base, spec.model.revision)
-    task, splits = _prepare_data(spec, params, tokenizer)
+    task = _task(spec, params, tokenizer)
     bf16 = _use_bf16(params, device)
     models.warm_imports(base, spec.task, params)
     stats = {"tokens": 0, "train_seconds": 0.0}
+    extra: dict[str, float] = {}
     with PeakMemory(device) as pm:
-        model = models.load_base(base, spec.task, len(task.labels), params, device, spec.model.revision)
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = tokenizer.pad_token_id
+        model = _load(spec, params, base, tokenizer, task, device)
         stats["base_weight_bytes"] = models.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
-        model = adapters.apply_peft(model, params, spec.task, len(task.labels))
+        model = adapters.apply_peft(model, params, spec.task, task.num_labels)
         n_trainable, stats["total_params"] = adapters.trainable_params(model)
-        history = _train(model, splits, task, tokenizer.pad_token_id, params, spec, device, bf16, pm, report, stats)
+        if spec.task == "instruction":  # a fresh adapter is a no-op (B = 0): this is the base model, zero-shot
+            extra = {f"zero_shot_{k}": v for k, v in task.evaluate(model, device, bf16).items()}
+            before = task.generations(model, device)
+        history = _train(model, task, params, spec, device, bf16, pm, report, stats)
     _check_memory(params, pm, "at the end of training")
     adapter_dir = adapters.save_adapter(model, Path(out_dir) / "adapter")
-    (adapter_dir / "labels.json").write_text(json.dumps(task.labels))
+    task.save_extras(adapter_dir)
+    tables = {}
+    if spec.task == "instruction" and spec.data.generation_examples:
+        tables["generations.json"] = task.table(before, task.generations(model, device))
     final = history[-1]
-    metrics = {k: float(final[k]) for k in ("accuracy", "macro_f1", "loss")}
-    metrics.update(peak_memory_bytes=float(pm.peak_bytes), peak_memory_mb=pm.peak_mb,
+    metrics = {k: float(final[k]) for k in task.metric_keys if k in final}
+    metrics.update(extra, peak_memory_bytes=float(pm.peak_bytes), peak_memory_mb=pm.peak_mb,
                    base_weight_bytes=float(stats["base_weight_bytes"]), trainable_params=float(n_trainable),
                    total_params=float(stats["total_params"]), train_seconds=stats["train_seconds"],
                    tokens_per_second=stats["tokens"] / max(stats["train_seconds"], 1e-9),
                    epochs_run=float(len(history)))
     info = {"memory_method": pm.method, "device": device, "bf16": bf16, "torch_threads": threads,
-            "train_examples": len(splits["train"]), "validation_examples": len(splits["validation"]),
-            "train_tokens": stats["tokens"], "labels": task.labels, "data_fingerprint": task.fingerprint,
-            "base": str(base), "base_sha256": models.content_hash(base),
-            "truncation": data.truncation_stats(task, tokenizer, spec.data.max_length,
-                                             truncation=spec.data.truncation),
-            "dropped_rows": dict(task.dropped), "target_modules": sorted(model.peft_config["default"].target_modules)}
-    return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info)
+            "train_tokens": stats["tokens"], "base": str(base), "base_sha256": models.content_hash(base),
+            "target_modules": sorted(model.peft_config["default"].target_modules), **task.info()}
+    return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info, tables=tables)
 
 
 def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, split: str = "test",
                      device: str | None = None) -> dict[str, float]:
-    """Base (same quantization) + saved adapter, evaluated once on `split` (the held-out test by default)."""
-    _require_classification(spec)
+    """Base (same quantization) + saved adapter, evaluated once on `split` (the held-out test by default).
+
+    For the instruction task the base model's zero-shot figures on the same split come with it (zero_shot_*),
+    so a promotion reports whether tuning beat the untuned model.
+    """
     device = pick_device(device)
     _set_threads()
     base = models.resolve_base(spec.model)
     tokenizer = models.load_tokenizer(base, spec.model.revision)
-    task, splits = _prepare_data(spec, params, tokenizer)
-    if split not in splits:
-        raise ValueError(f"split {split!r} not available; have {', '.join(sorted(splits))}")
+    task = _task(spec, params, tokenizer, (split,))
     labels_file = Path(adapter_dir) / "labels.json"
-    if labels_file.is_file() and json.loads(labels_file.read_text()) != task.labels:
-        raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has {task.labels}")
-    model = models.load_base(base, spec.task, len(task.labels), params, device, spec.model.revision)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id
-    model = adapters.load_adapter(model, adapter_dir)
-    return evaluate(model, splits[split], tokenizer.pad_token_id, params.batch_size, device,
-                    _use_bf16(params, device))
+    if spec.task == "classification" and labels_file.is_file() and json.loads(labels_file.read_text()) != \
+            task.data.labels:
+        raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has "
+                         f"{task.data.labels}")
+    model = adapters.load_adapter(_load(spec, params, base, tokenizer, task, device), adapter_dir)
+    bf16 = _use_bf16(params, device)
+    metrics = task.evaluate(model, device, bf16, split)
+    if spec.task == "instruction":
+        with model.disable_adapter():
+            metrics.update({f"zero_shot_{k}": v for k, v in task.evaluate(model, device, bf16, split).items()})
+    return metrics

@@ -6,6 +6,7 @@ only a crash of the process itself reaches Ray as an error (and may be retried t
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,8 +68,14 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
                 "wall_seconds": time.time() - started}
     except TrialFailed as exc:
         return {"state": "FAILED", "reason": exc.reason, "wall_seconds": time.time() - started}
+    tables = None
+    if result.tables:
+        tables = out_dir / "tables"
+        tables.mkdir(parents=True, exist_ok=True)
+        for name, table in result.tables.items():
+            (tables / name).write_text(json.dumps(table), encoding="utf-8")
     return {**result.metrics, "state": "COMPLETE", "adapter_dir": str(result.adapter_dir),
-            "wall_seconds": time.time() - started,
+            "wall_seconds": time.time() - started, "tables_dir": str(tables) if tables else None,
             **{f"info.{k}": v for k, v in result.info.items() if isinstance(v, (str, int, float, bool))}}
 
 
@@ -82,8 +89,8 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
 
     base = models.resolve_base(spec.model)
     tokenizer = models.load_tokenizer(base)
-    if spec.task != "classification":
-        return {"base": str(base)}
+    if spec.task == "instruction":
+        return _prepare_instruction(spec, base, tokenizer)
     task = data.load_classification(spec.data, spec.seed)
     check_targets(spec, models.skeleton(base, spec.task, len(task.labels)), adapters.target_modules)
     data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
@@ -92,3 +99,20 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     return {"base": str(base), "labels": task.labels, "truncation": stats,
             "sizes": {k: len(v) for k, v in (("train", task.train), ("validation", task.validation),
                                               ("test", task.test)) if v is not None}}
+
+
+def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str, Any]:
+    from sweeps import adapters, chat, models
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise chat.DataError(f"{spec.model.base}: the tokenizer has no chat template; the instruction task renders "
+                             "chats with it (use a chat/instruct model)")
+    chats = chat.load_chats(spec.data, spec.seed)
+    if "routing_accuracy" in spec.metric_names() and not chats.categories:
+        raise chat.DataError(f"{spec.data.source}: no values in column {spec.data.category_column!r} "
+                             "(data.category_column), which objective routing_accuracy scores")
+    check_targets(spec, models.skeleton(base, spec.task, None), adapters.target_modules)
+    stats = {split: chat.encode_split(getattr(chats, split), tokenizer, spec.data, split)[2]
+             for split in ("train", "validation", "test") if getattr(chats, split)}
+    return {"base": str(base), "labels": chats.categories, "truncation": stats,
+            "sizes": {k: len(getattr(chats, k)) for k in ("train", "validation", "test") if getattr(chats, k)}}

@@ -76,3 +76,89 @@ objectives:
   - {{metric: trainable_params, direction: minimize}}
 budget: {{trials: {trials}, concurrency: {concurrency}, cpus_per_trial: 1}}
 """
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CORPUS = ["how do I reset my password", "the printer on floor two is jammed again", "please open a ticket for me",
+          "my laptop will not boot after the update", "which drug helped with the pain", "thanks that fixed it"]
+
+
+def write_bpe_tokenizer(path: Path, vocab_size: int = 300):
+    """A byte-level BPE tokenizer (GPT-2 style, like SmolLM2's) trained on a few sentences, with a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    fast.chat_template = CHAT_TEMPLATE
+    path.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(path)
+    return fast
+
+
+def tiny_llama(path: Path, seed: int = 0, tie: bool = False) -> Path:
+    """A 2-layer Llama (hidden 64, 4 query / 2 key-value heads) causal LM with its tokenizer, as safetensors.
+
+    The weights are drawn wider than usual (std 0.2) so greedy decoding has clear winners: with near-uniform
+    logits, float rounding differences between runtimes would flip tokens and hide real export bugs.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = write_bpe_tokenizer(path)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rms_norm_eps=1e-5, rope_theta=10000.0, initializer_range=0.2, tie_word_embeddings=tie,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def random_lora(model, task: str, target=("q_proj", "k_proj", "v_proj", "o_proj"), rank: int = 4, seed: int = 1,
+                scale: float = 0.3, heads: tuple[str, ...] = ()):
+    """Wrap `model` in a LoRA adapter whose B factors are random (PEFT starts B at zero, i.e. a no-op adapter)."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(target), modules_to_save=list(heads) or None,
+                        task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM)
+    peft_model = get_peft_model(model, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or ("modules_to_save" in name and param.dim() > 0):
+                param.copy_(torch.randn(param.shape, generator=gen) * scale)
+    return peft_model
+
+
+TICKETS = {  # category -> (request words, the house-style answer the model must learn)
+    "access": (["reset", "my", "password"], "Category: access\nUse the reset page."),
+    "printer": (["the", "printer", "is", "jammed"], "Category: printer\nOpen the tray."),
+    "laptop": (["my", "laptop", "will", "not", "boot"], "Category: laptop\nHold the power key."),
+}
+
+
+def toy_tickets(path: Path, n: int = 36, seed: int = 0, columns: bool = False) -> Path:
+    """JSONL helpdesk chats (or prompt/response columns) whose category is given away by the request's words."""
+    import json
+
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        category = sorted(TICKETS)[i % len(TICKETS)]
+        words, answer = TICKETS[category]
+        request = " ".join(rng.sample(words, len(words)) + ["please"] * rng.randint(0, 2))
+        row = ({"request": request, "answer": answer} if columns else
+               {"messages": [{"role": "user", "content": request}, {"role": "assistant", "content": answer}]})
+        lines.append(json.dumps({**row, "category": category}))
+    path.write_text("\n".join(lines) + "\n")
+    return path

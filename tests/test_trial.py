@@ -121,15 +121,6 @@ def test_memory_over_limit_is_infeasible(store, tiny_model_dir, tiny_csv, tmp_pa
         trial.run_trial(spec, spec.params, tmp_path / "t3", device="cpu")
 
 
-def test_instruction_task_is_not_implemented_yet(store, tiny_model_dir, tmp_path):
-    raw = {"name": "chat", "task": "instruction", "model": {"base": str(tiny_model_dir)},
-           "data": {"source": "bundled:drug-reviews"}, "search": {"space": {"rank": [2, 4]}},
-           "objectives": [{"metric": "perplexity", "direction": "minimize"}], "budget": {"trials": 2}}
-    spec = validate_dict(raw)
-    with pytest.raises(NotImplementedError, match="instruction"):
-        trial.run_trial(spec, spec.params, tmp_path / "t4", device="cpu")
-
-
 def test_macro_f1_by_hand():
     import numpy as np
 

@@ -1,0 +1,128 @@
+"""The instruction task on a tiny random-init Llama with a ChatML tokenizer built in the test (no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import _tiny
+import pytest
+import torch
+
+from sweeps import chat, instruct, trial
+from sweeps.chat import IGNORE, Chat
+from sweeps.data import DataError
+from sweeps.spec import DataSpec, SpecError, validate_dict
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SWEEPS_STORE", str(tmp_path / "store"))
+    return tmp_path / "store"
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return _tiny.tiny_llama(tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def tok(llama_dir):
+    from sweeps import models
+
+    return models.load_tokenizer(llama_dir)
+
+
+def _spec(llama_dir, train, **over):
+    raw = {"name": "helpdesk-tiny", "task": "instruction", "seed": 1, "model": {"base": str(llama_dir)},
+           "data": {"source": str(train), "max_length": 160, "validation_fraction": 0.25, "generation_examples": 3,
+                    "max_new_tokens": 12, "system_prompt": "Route the ticket."},
+           "params": {"epochs": 4, "batch_size": 6, "learning_rate": 2e-2, "rank": 8, "target": "all-linear",
+                      "bf16": "off", "dropout": 0.0},
+           "search": {"space": {"rank": [4, 8]}},
+           "objectives": [{"metric": "loss", "direction": "minimize"},
+                          {"metric": "routing_accuracy", "direction": "maximize"}]}
+    for key, value in over.items():
+        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    return validate_dict(raw)
+
+
+def test_only_answer_tokens_carry_labels(tok):
+    c = Chat(({"role": "user", "content": "reset my password"}, {"role": "assistant", "content": "Category: access"}))
+    enc = chat.encode(c, tok, 64, system_prompt="Route it.")
+    answer = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
+    assert tok.decode(answer) == "Category: access<|im_end|>\n"
+    prompt = tok.decode(enc.prompt_ids)
+    assert prompt.startswith("<|im_start|>system\nRoute it.<|im_end|>") and prompt.endswith("<|im_start|>assistant\n")
+    assert enc.input_ids[:len(enc.prompt_ids)] == enc.prompt_ids and not enc.truncated
+
+
+def test_truncation_is_counted_and_answerless_chats_dropped(tok):
+    short = Chat(({"role": "user", "content": "hi"}, {"role": "assistant", "content": "Category: access " * 5}))
+    long = Chat(({"role": "user", "content": "printer " * 40}, {"role": "assistant", "content": "ok"}))
+    encoded, kept, stats = chat.encode_all([short, long], tok, 24)
+    assert stats == {"examples": 2, "truncated": 1, "dropped_too_long": 1}
+    assert kept == [short] and len(encoded[0].input_ids) == 24
+
+
+def test_prompt_response_columns_and_missing_column(tmp_path):
+    path = _tiny.toy_tickets(tmp_path / "t.jsonl", n=12, columns=True)
+    data = chat.load_chats(DataSpec(source=str(path), prompt_column="request", response_column="answer"), 0)
+    assert data.categories == ["access", "laptop", "printer"]
+    assert len(data.train) + len(data.validation) == 12 and {c.category for c in data.validation} == set(
+        data.categories)  # stratified carve
+    with pytest.raises(DataError, match="no column 'messages'"):
+        chat.load_chats(DataSpec(source=str(path)), 0)
+
+
+def test_answer_loss_matches_transformers_and_packing_keeps_chats_apart(llama_dir, tok, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    chats = chat.load_chats(DataSpec(source=str(_tiny.toy_tickets(tmp_path / "t.jsonl", n=6))), 0).train[:3]
+    encoded, _, _ = chat.encode_all(chats, tok, 48)
+    with torch.no_grad():
+        separate, n_sep = 0.0, 0
+        for e in encoded:
+            batch = {"input_ids": torch.tensor([e.input_ids]), "labels": torch.tensor([e.labels])}
+            ref = model(**batch).loss * sum(x != IGNORE for x in e.labels[1:])  # HF's mean over shifted labels
+            total, n = instruct.answer_loss(model, batch)
+            assert torch.allclose(total, ref, atol=1e-4)
+            separate, n_sep = separate + float(total), n_sep + n
+        row = chat.pack(encoded, 200)
+        assert len(row) == 1 and row[0]["position_ids"].count(0) == 3
+        packed = instruct._pad_rows(row, tok.pad_token_id, "cpu", packed=True)
+        total, n = instruct.answer_loss(model, packed)
+    assert n == n_sep and abs(float(total) - separate) < 1e-3  # a leak across chats would change the loss
+
+
+def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path):
+    spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=48))
+    res = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
+    m = res.metrics
+    assert m["loss"] < 0.5 * m["zero_shot_loss"] and m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
+    assert m["routing_accuracy"] > m["zero_shot_routing_accuracy"]
+    assert 0 < m["trainable_params"] < m["total_params"] and m["peak_memory_mb"] > 0
+    assert json.loads((res.adapter_dir / "chat.json").read_text())["system_prompt"] == "Route the ticket."
+    table = res.tables["generations.json"]
+    assert table["columns"] == ["request", "category", "reference", "before", "after"] and len(table["data"]) == 3
+    assert res.info["truncation"]["train"]["examples"] == 36 and res.info["categories"] == ["access", "laptop",
+                                                                                              "printer"]
+    # evaluated again from the saved adapter: same validation figures, and the zero-shot base beside them
+    again = trial.evaluate_adapter(spec, spec.params, res.adapter_dir, split="validation", device="cpu")
+    assert again["loss"] == pytest.approx(m["loss"], rel=1e-4)
+    assert again["zero_shot_loss"] == pytest.approx(m["zero_shot_loss"], rel=1e-4)
+
+
+def test_packed_nf4_instruction_trial_runs(store, llama_dir, tmp_path):
+    spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=24),
+                 params={"quantization": "nf4", "packing": True, "epochs": 1}, data={"generation_examples": 0})
+    res = trial.run_trial(spec, spec.params, tmp_path / "t1", device="cpu")
+    assert res.info["packing"] and res.metrics["base_weight_bytes"] > 0 and not res.tables
+    assert res.metrics["loss"] > 0
+
+
+def test_spec_needs_a_category_column_for_routing_accuracy(llama_dir, tmp_path):
+    with pytest.raises(SpecError, match="data.category_column"):
+        _spec(llama_dir, tmp_path / "t.jsonl", data={"category_column": None})
+    with pytest.raises(SpecError, match="data.response_column"):
+        _spec(llama_dir, tmp_path / "t.jsonl", data={"prompt_column": "request"})
