@@ -14,7 +14,7 @@ OWNERS = {
     "mlflow": {"track"},
     "optuna": {"search"},
     "datasets": {"data"},
-    "pydantic": {"spec", "params"},
+    "pydantic": {"spec", "params", "serve"},  # serve: FastAPI request bodies are pydantic models
     "yaml": {"spec"},
     "peft": {"adapters"},
     "bitsandbytes": {"models"},
@@ -25,7 +25,7 @@ OWNERS = {
     "uvicorn": {"serve"},
 }
 # the trial code must run without a cluster or a tracking server
-TRIAL_SIDE = {"trial", "models", "adapters", "memory", "data", "worker"}
+TRIAL_SIDE = {"trial", "classify", "instruct", "chat", "models", "adapters", "memory", "data", "worker"}
 FORBIDDEN_ON_TRIAL_SIDE = {"ray", "mlflow", "optuna"}
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from sweeps import trial
+from sweeps import classify, trial
 from sweeps.params import TrialParams
 from sweeps.spec import validate_dict
 
@@ -127,14 +127,14 @@ def test_macro_f1_by_hand():
     y_true = np.array([0, 0, 1, 1, 2, 2])
     y_pred = np.array([0, 1, 1, 1, 2, 0])
     # class 0: tp1 fp1 fn1 -> .5; class 1: tp2 fp1 fn0 -> .8; class 2: tp1 fp0 fn1 -> 2/3
-    assert trial.macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
-    assert trial.macro_f1(np.array([0, 0, 1]), np.array([0, 0, 0])) == pytest.approx((0.8 + 0.0) / 2)
+    assert classify.macro_f1(y_true, y_pred) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert classify.macro_f1(np.array([0, 0, 1]), np.array([0, 0, 0])) == pytest.approx((0.8 + 0.0) / 2)
 
 
 def test_class_weights_mean_one():
     import numpy as np
 
-    w = trial.class_weights(np.array([0, 0, 0, 1]), 3)
+    w = classify.class_weights(np.array([0, 0, 0, 1]), 3)
     assert w[2] == 0 and float(w[:2].mean()) == pytest.approx(1.0) and w[1] > w[0]
 
 

@@ -1,0 +1,171 @@
+"""The classification task inside a trial: tokenized splits, length-bucketed batches, class balance, metrics.
+
+sweeps.trial drives it (loading, quantization, PEFT, the training loop, memory); sweeps.instruct is its sibling
+for the instruction task. `length_batches` is shared by both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sweeps import data
+from sweeps.params import TrialParams
+from sweeps.spec import SweepSpec
+
+_BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
+
+
+def prepare_data(spec: SweepSpec, params: TrialParams, tokenizer) -> tuple[data.TaskData, dict]:
+    task = data.load_classification(spec.data, spec.seed)
+    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    if params.k_per_class:
+        train = data.few_shot(task.train, params.k_per_class, spec.seed)
+        keep = set(_row_keys(train))
+        # few_shot keeps rows in order, so select the same rows of the tokenized train split.
+        index = [i for i, key in enumerate(_row_keys(task.train)) if key in keep]
+        splits["train"] = splits["train"].select(index)
+    return task, splits
+
+
+def _row_keys(ds) -> list[tuple]:
+    # (text, label, occurrence) identifies a row even when a text repeats
+    seen: dict = {}
+    keys = []
+    for text, label in zip(ds["text"], ds["label"], strict=True):
+        n = seen.get((text, label), 0)
+        seen[(text, label)] = n + 1
+        keys.append((text, label, n))
+    return keys
+
+
+# ---------------------------------------------------------------- batching
+
+
+def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator, shuffle: bool,
+             sample_weights: np.ndarray | None = None) -> list[np.ndarray]:
+    """Length-bucketed batches: sort by length within chunks of ~50 batches, then shuffle the batches."""
+    n = len(lengths)
+    if sample_weights is not None:
+        order = rng.choice(n, size=n, replace=True, p=sample_weights / sample_weights.sum())
+    else:
+        order = rng.permutation(n) if shuffle else np.arange(n)
+    chunk = batch_size * _BUCKET_BATCHES
+    out = []
+    for start in range(0, n, chunk):
+        part = order[start:start + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        out += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    if shuffle:
+        rng.shuffle(out)
+    return out
+
+
+def _collate(ds_cols: dict, idx: np.ndarray, pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Pad to this batch's longest example, not to max_length."""
+    seqs = [ds_cols["input_ids"][i] for i in idx]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, :len(seq)] = 1
+    labels = torch.tensor([ds_cols["labels"][i] for i in idx], dtype=torch.long)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def _columns(ds) -> dict:
+    return {"input_ids": ds["input_ids"], "labels": ds["labels"]}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class F1 over the classes present in y_true or y_pred (sklearn's default label set)."""
+    classes = np.union1d(y_true, y_pred)
+    scores = []
+    for c in classes:
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def class_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 over the classes present (absent classes get 0)."""
+    counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
+    weights = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    weights *= (counts > 0).sum() / weights.sum()
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -> dict[str, float]:
+    """accuracy, macro_f1 and (unweighted) cross-entropy loss on a tokenized split."""
+    model.eval()
+    cols = _columns(ds)
+    lengths = np.array([len(x) for x in cols["input_ids"]])
+    preds, golds, loss_sum = [], [], 0.0
+    with torch.inference_mode():
+        for idx in length_batches(lengths, batch_size * 2, np.random.default_rng(0), shuffle=False):
+            batch = _collate(cols, idx, pad_id, device)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits.float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
+            preds.append(logits.argmax(-1).cpu().numpy())
+            golds.append(batch["labels"].cpu().numpy())
+    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
+    return {"accuracy": float(np.mean(y_pred == y_true)), "macro_f1": macro_f1(y_true, y_pred),
+            "loss": loss_sum / len(y_true)}
+
+
+class ClassificationTask:
+    """Batches, loss and evaluation of sequence classification for the training loop below."""
+
+    metric_keys = ("accuracy", "macro_f1", "loss")
+
+    def __init__(self, spec: SweepSpec, params: TrialParams, tokenizer):
+        self.params, self.pad_id = params, tokenizer.pad_token_id
+        self.data, self.splits = prepare_data(spec, params, tokenizer)
+        self.num_labels = len(self.data.labels)
+        self.cols = _columns(self.splits["train"])
+        self.lengths = np.array([len(x) for x in self.cols["input_ids"]])
+        labels = np.asarray(self.cols["labels"])
+        self.weights = class_weights(labels, self.num_labels)
+        self.sample_w = None
+        if params.class_balance == "balanced_sampler":
+            self.sample_w = self.weights.numpy()[labels].astype(np.float64)
+        self._loss_fn = None
+        self.tokenizer, self.spec = tokenizer, spec
+
+    def train_batches(self, rng: np.random.Generator, device: str, batches_of):
+        for idx in batches_of(self.lengths, self.params.batch_size, rng, True, self.sample_w):
+            yield _collate(self.cols, idx, self.pad_id, device)
+
+    def loss(self, model, batch) -> tuple[torch.Tensor, int]:
+        if self._loss_fn is None:
+            weighted = self.params.class_balance == "weighted_loss"
+            self._loss_fn = torch.nn.CrossEntropyLoss(weight=self.weights.to(batch["labels"].device)
+                                                      if weighted else None)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return self._loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
+
+    def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
+        return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
+
+    def save_extras(self, adapter_dir: Path) -> None:
+        (adapter_dir / "labels.json").write_text(json.dumps(self.data.labels))
+
+    def info(self) -> dict:
+        d = self.spec.data
+        return {"train_examples": len(self.splits["train"]), "validation_examples": len(self.splits["validation"]),
+                "labels": self.data.labels, "data_fingerprint": self.data.fingerprint,
+                "truncation": data.truncation_stats(self.data, self.tokenizer, d.max_length, truncation=d.truncation),
+                "dropped_rows": dict(self.data.dropped)}
+
+
