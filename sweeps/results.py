@@ -98,6 +98,11 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
     return ParetoReport(spec, records, list(mask), hv, nhv, plot_path, counts)
 
 
+# Held-out figures a promotion prints; zero_shot_* are the untuned base's on the same split (instruction task).
+_SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "routing_accuracy", "zero_shot_loss",
+          "zero_shot_routing_accuracy")
+
+
 @dataclass
 class Promotion:
     name: str
@@ -106,8 +111,7 @@ class Promotion:
     def summary(self) -> str:
         lines = []
         for e in self.entries:
-            test = ", ".join(f"{k}={v:.4f}" for k, v in e["test_metrics"].items() if k in ("accuracy", "macro_f1",
-                                                                                           "loss", "perplexity"))
+            test = ", ".join(f"{k}={e['test_metrics'][k]:.4f}" for k in _SHOWN if k in e["test_metrics"])
             verb = "registered" if e["created"] else "already registered"
             lines.append(f"{verb} models:/{self.name}/{e['version']} (trial {e['trial_number']}) aliases "
                          f"{', '.join(e['aliases'])}; held-out test: {test or 'not evaluated'}")

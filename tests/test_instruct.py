@@ -126,3 +126,59 @@ def test_spec_needs_a_category_column_for_routing_accuracy(llama_dir, tmp_path):
         _spec(llama_dir, tmp_path / "t.jsonl", data={"category_column": None})
     with pytest.raises(SpecError, match="data.response_column"):
         _spec(llama_dir, tmp_path / "t.jsonl", data={"prompt_column": "request"})
+
+
+@pytest.mark.slow
+def test_instruction_sweep_end_to_end(llama_dir, tmp_path):
+    """`sweep run` → Ray trials → MLflow (metrics, generations table, adapter) → `sweep promote` with the test
+    split's zero-shot comparison, in subprocesses as a user runs them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    train = _tiny.toy_tickets(tmp_path / "train.jsonl", n=36, seed=1)
+    test = _tiny.toy_tickets(tmp_path / "test.jsonl", n=12, seed=2)
+    spec = tmp_path / "hd.yaml"
+    spec.write_text(f"""name: hd_tiny
+task: instruction
+seed: 1
+model: {{base: {llama_dir}}}
+data: {{source: {train}, test: {test}, max_length: 160, generation_examples: 2, max_new_tokens: 8,
+        system_prompt: Route the ticket.}}
+params: {{epochs: 3, batch_size: 6, learning_rate: 2e-2, target: all-linear, bf16: "off", dropout: 0.0}}
+search: {{sampler: grid, space: {{rank: [4, 8]}}}}
+objectives:
+  - {{metric: loss, direction: minimize}}
+  - {{metric: routing_accuracy, direction: maximize}}
+  - {{metric: peak_memory_mb, direction: minimize}}
+budget: {{trials: 2, concurrency: 2, cpus_per_trial: 1}}
+""")
+    env = {**os.environ, "SWEEPS_STORE": str(tmp_path / "store"), "SWEEPS_CACHE": str(tmp_path / "cache")}
+    sweep = Path(sys.executable).parent / "sweep"
+
+    def run(*args):
+        proc = subprocess.run([str(sweep), *args], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{args}: {proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
+    run("run", str(spec), "--no-live")
+    out = run("promote", "hd_tiny", "--name", "hd-tiny", "--policy", "min:loss")
+    assert "routing_accuracy=" in out and "zero_shot_loss=" in out, out
+    code = """
+import json
+from sweeps.track import Tracker
+t = Tracker()
+recs = t.trial_records("hd_tiny")
+names = [[f.path for f in t.client.list_artifacts(r.run_id)] for r in recs]
+v = t.version_info("hd-tiny", "champion")
+print(json.dumps({"states": [r.state for r in recs], "artifacts": names, "tags": v["tags"],
+                  "metrics": [r.metrics for r in recs]}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    state = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert state["states"] == ["COMPLETE", "COMPLETE"]
+    assert all("generations.json" in a and "adapter" in a for a in state["artifacts"])
+    assert all(m["loss"] < m["zero_shot_loss"] for m in state["metrics"])
+    tags = state["tags"]
+    assert float(tags["test.loss"]) < float(tags["test.zero_shot_loss"])
