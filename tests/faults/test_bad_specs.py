@@ -23,7 +23,7 @@ pytestmark = pytest.mark.faults
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = Path(sys.executable).parent / "sweep"
-MAX_SECONDS = 60  # generous for a loaded 2-core CI box; a refusal takes a few seconds
+MAX_SECONDS = 180  # catches a run that starts training; a refusal takes seconds (103 s seen at load 12)
 
 GOOD = """\
 name: faulty
