@@ -22,8 +22,9 @@ def write_tokenizer(path: Path):
     from transformers import BertTokenizerFast
 
     path.mkdir(parents=True, exist_ok=True)
-    (path / "vocab.txt").write_text("\n".join(vocab()) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    # transformers 5 ignores `vocab_file=` here (a 5-token vocabulary: every word [UNK]); pass the vocabulary itself
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab())}, do_lower_case=True)
+    assert tok("great")["input_ids"][1] != tok.unk_token_id, "tiny tokenizer maps known words to [UNK]"
     tok.save_pretrained(path)
     return tok
 

@@ -281,14 +281,14 @@ def test_head_tail_truncation_keeps_the_end(tmp_path, monkeypatch):
     from transformers import BertTokenizerFast
 
     words = [f"w{i}" for i in range(40)]
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])})
     rows = ["text,label"] + [f"{' '.join(words)},{'a' if i % 2 else 'b'}" for i in range(20)]
     (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
     task = load_classification(DataSpec(source=str(tmp_path / "d.csv"), validation_fraction=0.5), 0)
     head = tokenize_splits(task, tok, 18, truncation="head")["train"][0]["input_ids"]
     both = tokenize_splits(task, tok, 18, truncation="head_tail")["train"][0]["input_ids"]
     w = tok.convert_tokens_to_ids
+    assert tok.unk_token_id not in head + both  # every word is in the vocabulary
     assert len(head) == len(both) == 18
     assert head[1:-1] == [w(x) for x in words[:16]]
     assert both[1:-1] == [w(x) for x in words[:4] + words[-12:]]  # first quarter + last three quarters
