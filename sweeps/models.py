@@ -83,6 +83,9 @@ def _dequantized_gguf(name: str, gguf: Path) -> Path:
     return final
 
 
+_HASHES: dict[tuple, str] = {}  # (files, sizes, mtimes) -> sha256: every trial of a worker asks for the same base
+
+
 def content_hash(base: Path | str) -> str:
     """sha256 over a local model's *.safetensors (name + bytes, sorted); for a hub id, a hash of the id."""
     h = hashlib.sha256()
@@ -90,7 +93,15 @@ def content_hash(base: Path | str) -> str:
     if not path.is_dir():
         h.update(f"hub:{base}".encode())
         return h.hexdigest()
-    for file in sorted(path.glob("*.safetensors")):
+    files = sorted(path.glob("*.safetensors"))
+    stamp = (str(path), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if stamp not in _HASHES:
+        _HASHES[stamp] = _sha256(h, files)
+    return _HASHES[stamp]
+
+
+def _sha256(h, files: list[Path]) -> str:
+    for file in files:
         h.update(file.name.encode())
         with open(file, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -164,9 +175,25 @@ def load_base(base: Path | str, task: str, num_labels: int | None, params: Trial
     model = model_class(task).from_pretrained(str(base), **kwargs)
     if qconfig is None:
         model.to(device)
+    else:
+        keep_4bit_trainable(model)
     if task == "classification" and params.pooling == "mean":
         use_mean_pooling(model)
     return model
+
+
+def keep_4bit_trainable(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights (CPUs with AVX512-BF16).
+
+    On such a CPU, the first forward of a Linear4bit in eval mode without grad (an evaluation, the zero-shot
+    baseline) repacks its weight for a bf16 kernel, for good. Training forwards afterwards take that kernel, which
+    autograd does not go through: gradients stop at every 4-bit layer, so LoRA below the top block hardly learns
+    (measured on a tiny Llama: the block-0 LoRA gradient fell from 1.63 to 0.04), and evaluation runs in bf16 while
+    training ran in the compute dtype. One 4-bit path for training and evaluation keeps both right.
+    """
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 class MeanPooler(torch.nn.Module):
@@ -215,6 +242,12 @@ def weight_bytes(model: torch.nn.Module) -> int:
         seen.add(id(tensor))
         total += tensor.numel() * tensor.element_size()
         total += _quant_state_bytes(tensor)
+    for module in model.modules():
+        # bitsandbytes' int8 layer moves the row scales from its weight to `module.state` on its first forward:
+        # a base that has run (a worker's reused one) holds the same bytes as a fresh load
+        weight, scb = getattr(module, "weight", None), getattr(getattr(module, "state", None), "SCB", None)
+        if isinstance(scb, torch.Tensor) and getattr(weight, "SCB", None) is None:
+            total += scb.numel() * scb.element_size()
     return total
 
 
@@ -261,3 +294,11 @@ def skeleton(base: Path | str, task: str, num_labels: int | None) -> PreTrainedM
         config.num_labels = num_labels or 2
     with torch.device("meta"):
         return model_class(task).from_config(config, trust_remote_code=False)
+
+
+def dequantized(model: PreTrainedModel) -> PreTrainedModel:
+    """A bitsandbytes-quantized model with plain fp32 linear layers holding the weights its quantized layers
+    computed with: what an adapter trained on that base saw, so merging into these reproduces base+adapter."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model = model.dequantize()
+    return model.to(torch.float32)

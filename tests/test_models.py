@@ -249,3 +249,40 @@ def test_mean_pooling_classifies_the_masked_mean(bert_dir):
         torch.testing.assert_close(logits, model.classifier(pooled))
     peft_model = adapters.apply_peft(model, TrialParams(rank=2), "classification", 3)
     assert "pooler" not in peft_model.peft_config["default"].modules_to_save
+
+
+def test_4bit_base_passes_gradients_after_an_evaluation(tmp_path):
+    """An evaluation (the zero-shot baseline, a per-epoch score) must not change how a 4-bit base trains.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit for a bf16 inference kernel on its first
+    no-grad eval forward, and autograd does not pass through that kernel afterwards: the lowest block's LoRA
+    gradient collapsed (1.63 -> 0.04 on this model) until models.keep_4bit_trainable turned the repacking off.
+    On other CPUs the repacking never happens and the test holds trivially.
+    """
+    pytest.importorskip("bitsandbytes")
+    import _tiny
+
+    base = _tiny.tiny_llama(tmp_path / "llama")  # hidden 64: one 4-bit block per row, as bitsandbytes needs
+    params = TrialParams(rank=4, layers="all", target="all-linear", quantization="nf4", compute_dtype="float32")
+    ids = torch.tensor([[1, 5, 6, 7, 8, 9]])
+
+    def lowest_lora_grad(evaluate_first: bool) -> float:
+        torch.manual_seed(0)
+        model = adapters.apply_peft(models.load_base(base, "instruction", None, params, "cpu"), params,
+                                    "instruction")
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.1)
+        if evaluate_first:
+            model.eval()
+            with torch.inference_mode():
+                model(input_ids=ids)
+        model.train()
+        model(input_ids=ids, labels=ids).loss.backward()
+        [grad] = [p.grad for n, p in model.named_parameters() if "layers.0.self_attn.q_proj.lora_A" in n]
+        return grad.norm().item()
+
+    fresh = lowest_lora_grad(False)
+    assert fresh > 0.1
+    assert lowest_lora_grad(True) == pytest.approx(fresh, rel=1e-5)
