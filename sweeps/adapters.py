@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import ModulesToSaveWrapper
 from transformers.pytorch_utils import Conv1D
 
 from sweeps.params import TrialParams, resolve_layers
@@ -147,6 +149,38 @@ def apply_peft(model: torch.nn.Module, params: TrialParams, task: str, num_label
     return get_peft_model(model, config)
 
 
+def lowest_block(model: torch.nn.Module, params: TrialParams) -> int | None:
+    """Index of the lowest block holding an adapted module (None if a target lies outside the blocks)."""
+    blocks = [_BLOCK.match(name) for name in target_modules(model, params.target, params.layers)]
+    return None if not all(blocks) else min(int(m.group(1)) for m in blocks)
+
+
+def release(model: torch.nn.Module) -> torch.nn.Module:
+    """Take every PEFT layer out of `model` (a PeftModel, or the base it was applied to), in place, and return the
+    bare base: adapted layers get their base layer back, fully trained heads their untouched original.
+
+    Unlike peft's `unload()`, which keeps the *trained* copy of a modules_to_save head (what merging wants), this
+    restores the module the base was loaded with, so a worker can hand the same base to its next trial.
+    """
+    base = model.get_base_model() if isinstance(model, PeftModel) else model
+    replaced: list[str] = []
+    for name, module in list(base.named_modules()):
+        if not name or any(name.startswith(prefix + ".") for prefix in replaced):
+            continue
+        if isinstance(module, ModulesToSaveWrapper):
+            original = module.original_module
+        elif isinstance(module, BaseTunerLayer):
+            original = module.get_base_layer()
+        else:
+            continue
+        parent_name, _, child = name.rpartition(".")
+        setattr(base.get_submodule(parent_name) if parent_name else base, child, original)
+        replaced.append(name)
+    if "peft_config" in base.__dict__:
+        del base.peft_config
+    return base
+
+
 def trainable_params(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total). modules_to_save keeps a frozen original next to the trained copy: both are counted in
     total, as both are held in memory."""
@@ -165,23 +199,46 @@ _PICKLES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
 def save_adapter(model: PeftModel, out_dir: str | Path) -> Path:
+    """Write into a scratch directory beside `out_dir`, then rename it into place: a full disk leaves no
+    half-written adapter under the real name, and the scratch is removed (after a SIGKILL: by the next save)."""
+    import os
+    import shutil
+
+    from sweeps import faults
+
     out = Path(out_dir)
-    model.save_pretrained(str(out), safe_serialization=True)
-    pickles = [p.name for p in out.rglob("*") if p.suffix in _PICKLES]
-    if pickles:
-        raise RuntimeError(f"pickle files written to {out}: {pickles}")
-    if not (out / "adapter_model.safetensors").is_file():
-        raise RuntimeError(f"{out}: adapter_model.safetensors was not written")
+    for stale in out.parent.glob(f"{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        faults.point("adapter.saved", dir=out.parent.name)  # e.g. dir=trial-0002
+        pickles = [p.name for p in tmp.rglob("*") if p.suffix in _PICKLES]
+        if pickles:
+            raise RuntimeError(f"pickle files written to {out}: {pickles}")
+        if not (tmp / "adapter_model.safetensors").is_file():
+            raise RuntimeError(f"{out}: adapter_model.safetensors was not written")
+        if out.exists():  # a retried trial saves again
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
-def load_adapter(base_model: torch.nn.Module, adapter_dir: str | Path) -> PeftModel:
-    """Attach a saved adapter (inference mode). Refuses directories holding pickles: only safetensors load."""
-    path = Path(adapter_dir)
+def _check_safetensors(path: Path) -> None:
     pickles = [p.name for p in path.rglob("*") if p.suffix in _PICKLES]
     if pickles:
         raise ValueError(f"refusing to load adapter {path}: it contains pickle files {pickles}; "
                          "only adapter_model.safetensors is accepted")
     if not (path / "adapter_model.safetensors").is_file():
         raise FileNotFoundError(f"{path}: no adapter_model.safetensors")
-    return PeftModel.from_pretrained(base_model, str(path), is_trainable=False, use_safetensors=True)
+
+
+def load_adapter(base_model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str = "default") -> PeftModel:
+    """Attach a saved adapter (inference mode). Refuses directories holding pickles: only safetensors load."""
+    path = Path(adapter_dir)
+    _check_safetensors(path)
+    return PeftModel.from_pretrained(base_model, str(path), adapter_name=adapter_name, is_trainable=False,
+                                     use_safetensors=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from sweeps import faults
 from sweeps.store import safe_name
 from sweeps.track import Tracker
 
@@ -63,7 +64,13 @@ def promote(tracker: Tracker, name: str, run_id: str, aliases: list[str], lineag
     if created:
         tags = {**{k: str(v) for k, v in lineage.items()}, **test_tags}
         description = _describe(lineage, run_id)
-        version = tracker.create_version(name, run_id, tags, description)
+        faults.point("registry.create", name=name)
+        mine = tracker.create_version(name, run_id, tags, description)
+        # find-then-create is not atomic: two `sweep promote` of one run both found nothing and both created a
+        # version (tests/faults/test_driver_faults.py). Settle on the lowest; a racer that lost deletes its own.
+        version = tracker.settle_version(name, run_id, mine)
+        created = version == mine
+        faults.point("registry.created", name=name)  # a version without its aliases yet
     elif test_tags:  # the test split was evaluated after the first promotion: record it on the same version
         tracker.set_version_tags(name, version, test_tags)
     for alias in aliases:

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps import execute, store
+from sweeps import execute, faults, store
 from sweeps.search import HEARTBEAT_S, Study
 from sweeps.spec import SweepSpec
 from sweeps.track import Tracker
@@ -32,6 +32,7 @@ class TrialRow:
     reason: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    retries: int = 0
 
 
 @dataclass
@@ -91,6 +92,7 @@ class Coordinator:
         self.remaining -= 1
         number, sampled = self.study.ask()
         self.study.set_attr(number, "driver", self.driver)
+        faults.point("driver.proposed", trial=number)  # an Optuna trial with no MLflow run yet
         from sweeps.worker import trial_params
 
         flat = trial_params(self.spec, sampled).flat()
@@ -104,6 +106,7 @@ class Coordinator:
                 "store": str(store.store_dir()), "cpus": self.spec.budget.cpus_per_trial}
 
     def epoch(self, number: int, result: dict[str, Any]) -> None:
+        faults.point("driver.epoch", trial=number, epoch=result.get("epoch"))  # mid-trial
         row = self.rows[number]
         row.state, row.epoch = "RUNNING", int(result.get("epoch", row.epoch))
         metrics = _numeric(result, self.spec)
@@ -132,7 +135,16 @@ class Coordinator:
             info = {f"sweeps.{k}": str(v) for k, v in result.items() if k.startswith("info.")}
             if result.get("tables_dir"):  # e.g. generations before/after tuning (instruction task)
                 self.tracker.log_tables(run_id, Path(result["tables_dir"]))
-            self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]), extra_tags=info)
+            try:
+                self.tracker.finish_trial(run_id, "COMPLETE", adapter_dir=Path(result["adapter_dir"]),
+                                          extra_tags=info)
+            except Exception as exc:  # e.g. the store is full: this trial fails, the sweep goes on
+                # (uncaught, it escaped into Ray Tune's searcher callback, ended the whole sweep with a
+                # traceback and left the Optuna trial RUNNING; found by tests/faults, store full).
+                self._fail(number, f"adapter upload failed: {type(exc).__name__}: {exc}", result)
+                self._notify()
+                return
+            faults.point("driver.finished", trial=number)  # MLflow FINISHED, Optuna not told yet
             attrs = {"metrics": metrics, "mlflow_run_id": run_id}
             self.study.tell(number, "COMPLETE", values=values, attrs=attrs)
             row.state = "COMPLETE"
@@ -147,6 +159,18 @@ class Coordinator:
             self._fail(number, error, result)
         else:
             self._interrupt(number, "interrupted before it finished")
+        self._notify()
+
+    def retried(self, number: int, error: str) -> None:
+        """Ray restarts a trial whose worker died (budget.max_retries): same Optuna trial, same MLflow run."""
+        row = self.rows.get(number)
+        if row is None:
+            return
+        row.retries += 1
+        row.state, row.epoch = "RETRYING", 0
+        self.tracker.set_trial_tags(self.run_ids[number], {"sweeps.retries": row.retries,
+                                                           "sweeps.last_retry_reason": error[:500]})
+        self.study.set_attr(number, "retries", row.retries)
         self._notify()
 
     def close_open(self) -> list[int]:
@@ -201,6 +225,7 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
                 continue
         reason = "interrupted: the driver stopped while it ran; its point is queued again"
         if rec is not None:
+            tracker.discard_adapter(rec.run_id)  # it may have died between the adapter upload and FINISHED
             tracker.finish_trial(rec.run_id, "FAILED", reason=reason)
         study.tell(trial.number, "FAIL", attrs={"reason": reason, "interrupted": True})
         study.enqueue(trial.params)
@@ -232,6 +257,16 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     # Data, model and target checks first: a bad data file or a target group the model lacks fails here,
     # before any study, experiment or run is created.
     prepare(spec)
+    lock = store.driver_lock(store.study_storage(spec.infra.study_storage), spec.name)  # SQLite: one driver
+    try:
+        return _run_locked(spec, spec_text, address, listener, on_coordinator, started)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: Any, on_coordinator: Any,
+                started: float) -> SweepOutcome:
     study, tracker, parent = open_sweep(spec, spec_text)
     notes = reconcile(spec, study, tracker)
     remaining = budget(spec) - study.asked()

@@ -1,14 +1,18 @@
 """Spec -> Optuna: distributions, samplers and the persistent study (the only module importing optuna).
 
 The study is driven by ask/tell from the sweep driver (Ray Tune's searcher calls in), so Optuna's own heartbeat
-never runs: stale RUNNING trials left by a crashed driver are reconciled explicitly (`stale_running`). Every call
-that writes goes through `_retry`, because a SQLite study locked by another process raises OperationalError.
+never runs: stale RUNNING trials left by a crashed driver are reconciled explicitly (`stale_running`). Every
+storage call goes through `_retry` (see `_PatientStorage`), because a SQLite study locked by another process past
+the busy timeout raises OperationalError.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import random
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -19,6 +23,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
+from sweeps import faults, store
 from sweeps.spec import CategoricalAxis, FloatAxis, IntAxis, SweepSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -28,6 +33,9 @@ T = TypeVar("T")
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 HEARTBEAT_S = 10.0  # how often a driver marks itself alive
 HEARTBEAT_TIMEOUT_S = 45.0  # a driver silent for this long is taken for dead
+# How long SQLite waits for another process's lock before raising "database is locked" (then `_retry` backs off
+# and tries again). An environment variable so the fault tests can hold a lock "past the timeout" in seconds.
+SQLITE_TIMEOUT_S = float(os.environ.get("SWEEPS_SQLITE_TIMEOUT_S", "30"))
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,17 @@ def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
 
 
+def _is_locked(exc: BaseException | None) -> bool:
+    # Optuna re-raises sqlalchemy's OperationalError("database is locked") as StorageInternalError with a generic
+    # message and the original as __cause__: look down the whole chain, not at str(exc) alone (which missed it).
+    seen = 0
+    while exc is not None and seen < 10:
+        if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
     """Retry a storage call that hit a locked database; back off with jitter so two drivers interleave."""
     delay = 0.2
@@ -91,12 +110,55 @@ def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
         try:
             return fn()
         except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in several optuna types
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+            if not _is_locked(exc) or attempt == attempts - 1:
                 raise
             log.warning("study database locked during %s; retry %d/%d", what, attempt + 1, attempts)
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
+
+
+class _PatientStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose every database call retries a locked database by itself (methods wrapped below).
+
+    Retrying one storage call, not a whole Study operation, matters for `ask`: it creates the trial, then stores
+    each sampled param in its own transaction. Retrying the whole `ask` after a param write hit the lock created
+    a second trial and left the first RUNNING with no driver, counted against the budget until a later
+    `sweep run` reconciled it (tests/faults/test_trial_faults.py, study locked at propose).
+    """
+
+    def _create_new_trial(self, study_id, template_trial=None):
+        frozen = super()._create_new_trial(study_id, template_trial)
+        faults.point("study.created", storage=self.url, trial=frozen.number)
+        return frozen
+
+
+_IN_CALL = threading.local()  # public methods call private ones: only the outermost call retries
+
+
+def _patient(name: str):
+    base = getattr(_PatientStorage, name)
+
+    @functools.wraps(base)
+    def call(self, *args, **kwargs):
+        if getattr(_IN_CALL, "active", False):
+            return base(self, *args, **kwargs)
+        _IN_CALL.active = True
+        try:
+            return _retry(lambda: base(self, *args, **kwargs), name)
+        finally:
+            _IN_CALL.active = False
+
+    return call
+
+
+for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+              "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
+              "_create_new_trial", "_set_trial_param", "get_trial_param", "set_trial_state_values",
+              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+              "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id"):
+    setattr(_PatientStorage, _name, _patient(_name))
 
 
 class Study:
@@ -105,10 +167,10 @@ class Study:
     def __init__(self, spec: SweepSpec, storage_url: str):
         self.spec = spec
         self.dists = distributions(spec)
-        storage = optuna.storages.RDBStorage(
-            storage_url,
-            engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else {},
-        )
+        self.url = storage_url
+        sqlite = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        storage = _retry(lambda: _PatientStorage(storage_url, engine_kwargs=sqlite if storage_url.startswith(
+            "sqlite") else {}), "open storage")
         self.study = _retry(
             lambda: optuna.create_study(
                 study_name=spec.name,
@@ -130,16 +192,17 @@ class Study:
             self.study.set_metric_names(spec.metric_names())
 
     def ask(self) -> tuple[int, dict[str, Any]]:
-        trial = _retry(lambda: self.study.ask(self.dists), "ask")
+        # Not wrapped in _retry: each storage write inside retries alone (see _PatientStorage).
+        trial = self.study.ask(self.dists)
         return trial.number, dict(trial.params)
 
     def tell(self, number: int, state: str, values: list[float] | None = None, attrs: dict | None = None) -> None:
         for key, value in (attrs or {}).items():
-            _retry(lambda k=key, v=value: self.study._storage.set_trial_user_attr(self._id(number), k, v), "attr")
+            self.study._storage.set_trial_user_attr(self._id(number), key, value)
+        faults.point("study.tell", storage=self.url, trial=number, state=state)
         target = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[state]
         try:
-            _retry(lambda: self.study.tell(number, values if target == TrialState.COMPLETE else None, state=target),
-                   "tell")
+            self.study.tell(number, values if target == TrialState.COMPLETE else None, state=target)
         except RuntimeError as exc:
             # GridSampler calls study.stop() once the grid is covered, which only works inside optimize(); the
             # state was stored before it raised (optuna's _tell stores in a `finally`), so nothing is lost.
@@ -147,18 +210,18 @@ class Study:
                 raise
 
     def set_attr(self, number: int, key: str, value: Any) -> None:
-        _retry(lambda: self.study._storage.set_trial_user_attr(self._id(number), key, value), "attr")
+        self.study._storage.set_trial_user_attr(self._id(number), key, value)
 
     def enqueue(self, params: dict[str, Any]) -> None:
         """Re-propose the exact point of an interrupted trial (it is run again within the budget)."""
-        _retry(lambda: self.study.enqueue_trial(params, skip_if_exists=False), "enqueue")
+        self.study.enqueue_trial(params, skip_if_exists=False)
 
     def _id(self, number: int) -> int:
         return self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
 
     def trials(self) -> list[StudyTrial]:
         out = []
-        for t in _retry(lambda: self.study.get_trials(deepcopy=False), "get_trials"):
+        for t in self.study.get_trials(deepcopy=False):
             out.append(StudyTrial(t.number, t.state.name, dict(t.params), t.values, dict(t.user_attrs)))
         return out
 
@@ -184,13 +247,25 @@ class Study:
     # Optuna's own heartbeat never runs under ask/tell, so drivers keep theirs in study user attributes: a
     # RUNNING trial whose driver beat recently belongs to a live `sweep run`, not to a crash.
     def heartbeat(self, driver: str) -> None:
-        _retry(lambda: self.study.set_user_attr(f"driver.{driver}", time.time()), "heartbeat")
+        beat = {"time": time.time(), "machine": store.machine_id(), "pid": os.getpid()}
+        self.study.set_user_attr(f"driver.{driver}", beat)
 
     def live_drivers(self, max_age_s: float = HEARTBEAT_TIMEOUT_S) -> set[str]:
-        now = time.time()
-        attrs = _retry(lambda: self.study._storage.get_study_user_attrs(self.study._study_id), "attrs")
-        return {k.split(".", 1)[1] for k, v in attrs.items()
-                if k.startswith("driver.") and isinstance(v, (int, float)) and now - v < max_age_s}
+        """Drivers that beat within `max_age_s`, less those that ran on this machine and whose process is gone:
+        a `sweep run` restarted right after a crash (SIGKILL, OOM killer) must not wait 45 s, nor take the dead
+        driver's RUNNING trials for a live driver's and leave them RUNNING (found by the driver-kill faults)."""
+        now, here = time.time(), store.machine_id()
+        live = set()
+        for key, value in self.study._storage.get_study_user_attrs(self.study._study_id).items():
+            if not key.startswith("driver."):
+                continue
+            beat = value if isinstance(value, dict) else {"time": value}  # a bare timestamp: older drivers
+            if not isinstance(beat.get("time"), (int, float)) or now - beat["time"] >= max_age_s:
+                continue
+            if beat.get("machine") == here and isinstance(beat.get("pid"), int) and not store.pid_alive(beat["pid"]):
+                continue
+            live.add(key.split(".", 1)[1])
+        return live
 
     def stale_running(self, live: set[str] | None = None) -> list[StudyTrial]:
         live = self.live_drivers() if live is None else live
@@ -203,3 +278,35 @@ def delete_study(name: str, storage_url: str) -> None:
 
 def study_names(storage_url: str) -> list[str]:
     return [s.study_name for s in optuna.get_all_study_summaries(storage_url)]
+
+
+# ---------------------------------------------------------------- small free-form studies (adapter fusion)
+
+
+class Suggest:
+    """What an objective sees of an Optuna trial, so callers (sweeps.fuse) never import optuna."""
+
+    def __init__(self, trial: optuna.Trial):
+        self.number = trial.number
+        self._trial = trial
+
+    def categorical(self, name: str, choices: list) -> Any:
+        return self._trial.suggest_categorical(name, choices)
+
+    def float(self, name: str, low: float, high: float) -> float:
+        return self._trial.suggest_float(name, low, high)
+
+
+def optimize(name: str, storage_url: str, objective: Callable[[Suggest], float], n_trials: int, seed: int,
+             direction: str = "minimize") -> tuple[int, dict[str, Any], float]:
+    """Run (or continue) a single-objective TPE study; return the best (trial number, params, value).
+
+    An objective that raises fails only its own trial (Optuna records FAIL and goes on), so one bad candidate
+    does not end the search.
+    """
+    study = _retry(lambda: optuna.create_study(
+        study_name=name, storage=storage_url, direction=direction, load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))), "create_study")
+    study.optimize(lambda t: objective(Suggest(t)), n_trials=n_trials, catch=(Exception,))
+    best = study.best_trial
+    return best.number, dict(best.params), float(best.value)

@@ -60,3 +60,61 @@ def trial_dir(sweep: str, trial_number: int) -> Path:
     path = store_dir() / "trials" / safe_name(sweep, "sweep name") / f"trial-{trial_number:04d}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def machine_id() -> str:
+    """Host name plus boot id: a process id only means something on the machine, and boot, that recorded it."""
+    import socket
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+class SweepBusy(RuntimeError):
+    """Another `sweep run` drives this sweep on a SQLite study."""
+
+
+def driver_lock(study_url: str, sweep: str):
+    """On a SQLite study, an exclusive lock file beside the database, held (open) for the whole run; else None.
+
+    Two drivers on one SQLite study (and its SQLite MLflow store) fight over SQLite's single write lock, and MLflow
+    writes are not retried: one of them crashed mid-sweep. PostgreSQL takes several drivers (heartbeats, live
+    budget; tests/test_scaleout.py); SQLite takes one and refuses the second at once, by name. The kernel drops
+    an flock when its holder dies, even by SIGKILL, so a crash never leaves a stale lock.
+    """
+    import fcntl
+    import socket
+
+    if not study_url.startswith("sqlite:///") or study_url.endswith(":memory:"):
+        return None
+    db = Path(study_url.split(":///", 1)[1])
+    fh = open(db.with_name(f"{db.name}.{safe_name(sweep, 'sweep name')}.driver"), "a+", encoding="utf-8")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise SweepBusy(f"sweep {sweep!r} is already being run by another `sweep run` ({holder}) on the SQLite "
+                        f"study {study_url}: a SQLite study takes one driver at a time. Wait for it to finish (run "
+                        "again to resume), or share a PostgreSQL study (infra.study_storage) for several "
+                        "drivers.") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    fh.flush()
+    return fh

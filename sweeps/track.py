@@ -30,7 +30,7 @@ import mlflow  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
-from sweeps import store  # noqa: E402
+from sweeps import faults, store  # noqa: E402
 from sweeps.manifest import verify_tree, write_manifest  # noqa: E402,F401
 
 # MLflow logs every alembic migration step of a fresh database, and every registry retry, at INFO.
@@ -202,7 +202,11 @@ class Tracker:
             try:
                 tags["sweeps.adapter_sha256"] = write_manifest(Path(adapter_dir))
                 self.client.log_artifacts(run_id, str(adapter_dir), artifact_path="adapter")
+                faults.point("track.uploaded", run=run_id)
             except Exception as exc:
+                # A full store stops the copy half-way: remove what was copied, so a FAILED run never carries
+                # a partial adapter that a later reader could take for the trial's (tests/faults, store full).
+                self.discard_adapter(run_id)
                 self._fail(run_id, f"adapter upload failed: {exc}")
                 raise
         self.log_metrics(run_id, metrics or {})
@@ -211,6 +215,23 @@ class Tracker:
         self._set_tags(run_id, tags)
         self.client.set_terminated(run_id, STATUS_OF[state])
 
+    def discard_adapter(self, run_id: str) -> bool:
+        """Delete a run's `adapter` artifacts (a partial upload, or the upload of a run that did not finish)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        try:
+            repo = get_artifact_repository(self.client.get_run(_check_run_id(run_id)).info.artifact_uri)
+            if not repo.list_artifacts("adapter"):
+                return False
+            repo.delete_artifacts("adapter")
+            return True
+        except Exception:  # a store that cannot delete (or is still full): the FAILED state says enough
+            logging.getLogger(__name__).warning("could not delete the partial adapter of run %s", run_id)
+            return False
+
+    def set_trial_tags(self, run_id: str, tags: dict) -> None:
+        self._set_tags(run_id, tags)
+
     def reconcile_running(self, sweep: str, reason: str = "driver stopped before the trial finished",
                           keep: set[int] | frozenset[int] = frozenset()) -> list[int]:
         """Trials left RUNNING by a crashed driver become FAILED (not KILLED: KILLED means pruned here).
@@ -218,6 +239,7 @@ class Tracker:
         stale = [r for r in self._trial_runs(sweep, " AND attributes.status = 'RUNNING'")
                  if int(r.data.tags["sweeps.trial_number"]) not in keep]
         for run in stale:
+            self.discard_adapter(run.info.run_id)  # the driver may have died between the upload and FINISHED
             self._fail(run.info.run_id, reason)
         return sorted(int(r.data.tags["sweeps.trial_number"]) for r in stale)
 
@@ -324,6 +346,17 @@ class Tracker:
 
         # The failed call may have committed anyway (say, a lost HTTP response): recheck, never duplicate.
         return self._retry_race(create, recheck=lambda: self.find_version(name, run_id))
+
+    def settle_version(self, name: str, run_id: str, mine: str) -> str:
+        """After creating `mine` for a run: if a racing promoter registered the same run too (both looked, found
+        nothing, both created), keep the lowest version and delete ours. Every racer sees the lowest one (it was
+        committed first) and keeps it, so they converge on one version per run."""
+        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
+        ours = sorted(int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id)
+        keep = str(ours[0]) if ours else mine
+        if keep != str(mine):
+            self._retry_race(lambda: self.client.delete_model_version(name, str(mine)))
+        return keep
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         # MLflow reads the alias, then inserts or updates it: two promoters setting "champion" at once collide.

@@ -6,6 +6,7 @@ only a crash of the process itself reaches Ray as an error (and may be retried t
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable
@@ -20,16 +21,12 @@ def release_memory() -> None:
     """Give freed heap pages back to the OS so this process's next measured peak starts from a clean base.
 
     Ray reuses one worker process for many trials; glibc otherwise keeps freed pages mapped and a trial would
-    reuse them without its resident memory growing.
+    reuse them without its resident memory growing. The base model the worker keeps for its next trial
+    (sweeps.reuse) stays; it is charged to each trial that uses it.
     """
-    import ctypes
-    import gc
+    from sweeps.memory import trim
 
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the sampled peak is then an upper bound
-        pass
+    trim()
 
 
 def check_targets(spec: SweepSpec, model: Any, resolve: Callable) -> None:
@@ -68,6 +65,17 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
                 "wall_seconds": time.time() - started}
     except TrialFailed as exc:
         return {"state": "FAILED", "reason": exc.reason, "wall_seconds": time.time() - started}
+    except Exception as exc:
+        # Deterministic failures of this configuration end the trial here, with the reason. Raised on, they
+        # reached Ray as a worker crash: retried budget.max_retries times (the same allocation failing again),
+        # then FAILED as "worker failed" and not marked infeasible (tests/faults, OOM and store full).
+        if _out_of_memory(exc):
+            return {"state": "FAILED", "reason": f"infeasible: out of memory: {str(exc).strip()[:300]}",
+                    "infeasible": True, "wall_seconds": time.time() - started}
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return {"state": "FAILED", "reason": f"store full while writing the trial's files: {exc}",
+                    "wall_seconds": time.time() - started}
+        raise
     tables = None
     if result.tables:
         tables = out_dir / "tables"
@@ -77,6 +85,13 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
     return {**result.metrics, "state": "COMPLETE", "adapter_dir": str(result.adapter_dir),
             "wall_seconds": time.time() - started, "tables_dir": str(tables) if tables else None,
             **{f"info.{k}": v for k, v in result.info.items() if isinstance(v, (str, int, float, bool))}}
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; torch's CPU allocator a RuntimeError; Python a MemoryError."""
+    text = str(exc).lower()
+    return (isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+            or (isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)))
 
 
 def prepare(spec: SweepSpec) -> dict[str, Any]:

@@ -64,6 +64,24 @@ def test_pareto_halving_stops_only_dominated_trials_at_a_rung():
         execute._LIVE.pop("k")
 
 
+def test_a_restarted_trial_is_not_pruned_by_its_own_first_attempt():
+    """Ray restarts a trial whose worker died (tests/faults/test_trial_faults.py): it reports the rung again, with
+    another measured peak. Its first attempt is not a peer: before the fix it dominated the retry, which stopped."""
+    spec = validate_dict(parse_yaml(SPEC))
+    execute._LIVE["r"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    try:
+        sched = execute.build_scheduler(spec, "r")
+        again = SimpleNamespace(trial_id="t1")
+        assert sched.on_trial_result(None, again, _result(1, 0.5, 100)) == TrialScheduler.CONTINUE
+        for i, (f1, size) in enumerate([(0.3, 150), (0.2, 300)], start=2):  # peers that do not dominate the retry
+            sched.on_trial_result(None, SimpleNamespace(trial_id=f"t{i}"), _result(1, f1, size))
+        # the restart scores lower than the first attempt did: only the first attempt would dominate it
+        assert sched.on_trial_result(None, again, _result(1, 0.4, 100)) == TrialScheduler.CONTINUE
+        assert "t1" not in execute._LIVE["r"]["pruned"]
+    finally:
+        execute._LIVE.pop("r")
+
+
 def test_no_early_stopping_means_fifo():
     spec = validate_dict(parse_yaml(SPEC.replace("  early_stopping: {rungs: [1], min_trials: 2}\n", "")))
     assert type(execute.build_scheduler(spec, "k")).__name__ == "FIFOScheduler"

@@ -108,6 +108,24 @@ def test_reconcile_after_a_crash_between_mlflow_and_optuna(tracker, tmp_path):
     assert runner.reconcile(spec, study, t) == []  # idempotent
 
 
+def test_reconcile_after_a_crash_inside_the_mlflow_close(tracker, tmp_path):
+    """The driver died inside Tracker.finish_trial: the adapter uploaded, the run not FINISHED yet (issue 7, fault 2;
+    the other crash windows are killed for real in tests/faults/test_driver_faults.py). Reconcile must not keep the
+    uploaded adapter on a run that is not FINISHED: it is removed, the run FAILED, the point queued again."""
+    spec, study, t, parent = _setup(tracker, "crash-in-close")
+    coord = runner.Coordinator(spec, study, t, parent, remaining=1)
+    number = coord.propose()["trial_number"]
+    run_id = coord.run_ids[number]
+    t.client.log_artifacts(run_id, str(_adapter(tmp_path)), artifact_path="adapter")  # ...and then SIGKILL
+    assert t.client.list_artifacts(run_id, "adapter")
+    notes = runner.reconcile(spec, study, t)
+    assert notes == [f"trial {number}: interrupted, marked FAIL and re-queued"]
+    [record] = t.trial_records("crash-in-close")
+    assert (record.status, record.state) == ("FAILED", "FAILED")
+    assert t.client.list_artifacts(run_id, "adapter") == []
+    assert study.waiting() == 1 and study.trials()[0].attrs["interrupted"] is True
+
+
 def test_grid_budget_is_capped_at_the_grid():
     spec = validate_dict(parse_yaml(SPEC.replace("NAME", "g").replace("sampler: random", "sampler: grid")
                                     .replace("trials: 6", "trials: 10")))

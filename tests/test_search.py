@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from sweeps import search
+from sweeps import search, store
 from sweeps.spec import parse_yaml, validate_dict
 
 SPEC = """
@@ -124,3 +124,50 @@ def test_retry_retries_locked_errors(monkeypatch):
         return "ok"
 
     assert search._retry(flaky, "x") == "ok" and len(calls) == 3
+
+
+def test_optunas_wrapped_lock_error_is_recognised():
+    """Optuna re-raises OperationalError("database is locked") as StorageInternalError with a generic message:
+    _retry looked at str(exc) only and gave up at once (tests/faults/test_trial_faults.py, study locked)."""
+    import optuna
+
+    try:
+        try:
+            raise sqlite3.OperationalError("database is locked")
+        except sqlite3.OperationalError as inner:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
+    except optuna.exceptions.StorageInternalError as exc:
+        assert search._is_locked(exc)
+    assert not search._is_locked(RuntimeError("disk I/O error"))
+
+
+def test_a_lock_past_the_timeout_in_the_middle_of_ask_makes_no_second_trial(tmp_path, monkeypatch):
+    """Another process locks the study right after Optuna created the trial, before its params are stored, for
+    longer than SQLite's busy timeout. Retrying the whole ask created a second trial and left the first RUNNING
+    with no params; each storage call now retries alone."""
+    monkeypatch.setattr(search, "SQLITE_TIMEOUT_S", 0.3)
+    study = search.Study(_spec("random"), f"sqlite:///{tmp_path / 'o.db'}")
+    monkeypatch.setenv("SWEEPS_FAULT", "study.created:lock=1.5")
+    number, params = study.ask()
+    monkeypatch.delenv("SWEEPS_FAULT")
+    [trial] = study.trials()
+    assert (trial.number, trial.state) == (number, "RUNNING") and set(trial.params) == set(params) == {
+        "rank", "learning_rate", "epochs"}
+
+
+def test_a_driver_that_died_on_this_machine_is_not_live(tmp_path):
+    """A SIGKILLed driver's heartbeat stays fresh for 45 s; `sweep run` restarted within them took its RUNNING
+    trials for a live driver's and never reconciled them. Its process is gone: it is not live."""
+    import os
+    import subprocess
+    import sys
+
+    study = search.Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    study.heartbeat("alive")
+    study.study.set_user_attr("driver.dead", {"time": time.time(), "machine": store.machine_id(),
+                                              "pid": int(gone.stdout)})
+    study.study.set_user_attr("driver.elsewhere", {"time": time.time(), "machine": "other-host/boot", "pid": 1})
+    study.study.set_user_attr("driver.legacy", time.time())  # a bare timestamp, as older drivers wrote
+    assert study.live_drivers() == {"alive", "elsewhere", "legacy"}
+    assert os.getpid() == study.study.user_attrs["driver.alive"]["pid"]
