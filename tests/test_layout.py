@@ -23,9 +23,12 @@ OWNERS = {
     "typer": {"cli"},
     "fastapi": {"serve"},
     "uvicorn": {"serve"},
+    "gguf": {"gguf_export"},  # transformers also reads GGUF (models.resolve_base), but through its own import
+    "llama_cpp": set(),  # only the tests run exported GGUF files; the package never needs llama.cpp
 }
 # the trial code must run without a cluster or a tracking server
-TRIAL_SIDE = {"trial", "classify", "instruct", "chat", "models", "adapters", "memory", "data", "worker"}
+TRIAL_SIDE = {"trial", "classify", "instruct", "chat", "models", "adapters", "memory", "data", "worker", "reuse",
+              "prefix"}
 FORBIDDEN_ON_TRIAL_SIDE = {"ray", "mlflow", "optuna"}
 
 

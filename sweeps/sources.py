@@ -1,0 +1,134 @@
+"""Where a served, exported or fused adapter comes from: a registry reference or a local directory.
+
+`locate()` turns `reviews@champion`, `models:/reviews/3` or `path/to/adapter` into a verified local directory plus
+what the consumers need before loading any weights: the task, the base model it was trained on and that base's
+content hash, its labels (classification) and chat settings (instruction).
+
+Registry adapters are downloaded through `Tracker.download_adapter`, which checks every file against the sha256
+manifest, so a tampered artifact never reaches PEFT. This module imports no framework itself.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# adapter_config.json's task_type -> our task names
+_TASKS = {"SEQ_CLS": "classification", "CAUSAL_LM": "instruction"}
+BASE_FILE = "base.json"  # written beside adapters made by export/fuse: {"base": ..., "base_sha256": ...}
+
+
+class SourceError(ValueError):
+    """The reference or directory does not hold a usable adapter (message says why)."""
+
+
+@dataclass
+class Located:
+    ref: str  # as the user wrote it
+    name: str  # registry name, or the directory's name
+    path: Path  # local, verified adapter directory
+    task: str  # classification | instruction
+    base: str | None  # what the adapter was trained on: bundled:..., a directory or a hub id
+    base_sha256: str | None  # models.content_hash of that base at training time, when recorded
+    version: str | None = None  # registry version, None for a directory
+    run_id: str | None = None
+    labels: list[str] | None = None
+    chat: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # adapter_config.json
+    tags: dict = field(default_factory=dict)  # the registry version's tags (lineage: quantization, sweep, ...)
+
+    @property
+    def pooling(self) -> str:
+        # trial.py swaps BERT's pooler for a weightless mean pooler unless pooling=cls; only the dense CLS
+        # pooler has weights, so it is in modules_to_save exactly when the adapter was trained with cls pooling.
+        return "cls" if "pooler" in (self.config.get("modules_to_save") or []) else "mean"
+
+    def describe(self) -> dict:
+        return {"ref": self.ref, "name": self.name, "task": self.task, "version": self.version,
+                "run_id": self.run_id, "base": self.base, "base_sha256": self.base_sha256,
+                "labels": self.labels, "rank": self.config.get("r")}
+
+
+def is_directory(ref: str) -> bool:
+    return Path(ref).expanduser().is_dir()
+
+
+def read_dir(path: Path, ref: str | None = None, name: str | None = None) -> Located:
+    """Describe an adapter directory (no weights loaded). Base hash: base.json, else the config's base path."""
+    path = Path(path).expanduser().resolve()
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
+        raise SourceError(f"{path} is not a PEFT adapter: it needs adapter_config.json and "
+                          "adapter_model.safetensors (only safetensors adapters are loaded)")
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    task = _TASKS.get(config.get("task_type") or "")
+    if task is None:
+        raise SourceError(f"{path}: task_type {config.get('task_type')!r} is not served (allowed: "
+                          f"{', '.join(_TASKS)})")
+    base, base_sha = config.get("base_model_name_or_path"), None
+    if (path / BASE_FILE).is_file():
+        recorded = json.loads((path / BASE_FILE).read_text(encoding="utf-8"))
+        base, base_sha = recorded.get("base", base), recorded.get("base_sha256")
+    elif base and Path(base).is_dir():
+        from sweeps.models import content_hash  # the training base is still on disk: hash what it holds now
+
+        base_sha = content_hash(Path(base))
+    labels = _json(path / "labels.json")
+    chat = _json(path / "chat.json") or {}
+    return Located(ref or str(path), name or path.name, path, task, base, base_sha, labels=labels,
+                   chat=chat if isinstance(chat, dict) else {}, config=config)
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def locate(ref: str, workdir: Path, tracker=None) -> Located:
+    """A directory is read in place; a registry reference is resolved and downloaded into `workdir`."""
+    if is_directory(ref):
+        return read_dir(Path(ref), ref)
+    from sweeps import registry
+    from sweeps.track import Tracker
+
+    try:
+        name, _ = registry.parse_ref(ref)
+    except ValueError as exc:
+        raise SourceError(f"{ref!r} is neither an adapter directory nor a registry reference: {exc}") from None
+    tracker = tracker or Tracker()
+    try:
+        info = registry.resolve(tracker, ref)
+    except LookupError as exc:
+        raise SourceError(f"{exc} in {tracker.ui_hint()}") from None
+    dst = Path(workdir) / f"{name}-v{info['version']}"
+    local = tracker.download_adapter(info["run_id"], dst)
+    found = read_dir(local, ref, name)
+    tags = found.tags = info["tags"]
+    found.version, found.run_id = info["version"], info["run_id"]
+    found.base = tags.get("base_model") or found.base
+    recorded = tags.get("base_model_sha256", "")
+    if len(recorded) == 64:  # results._base_hash writes "unavailable (...)" when the base had no local files
+        found.base_sha256 = recorded
+    return found
+
+
+def current_version(ref: str, tracker) -> str | None:
+    """The registry version a reference points at now (None for directories): what alias polling compares."""
+    if is_directory(ref):
+        return None
+    from sweeps import registry
+
+    return registry.resolve(tracker, ref)["version"]
+
+
+def write_base_file(adapter_dir: Path, base: str | None, base_sha256: str | None) -> None:
+    (Path(adapter_dir) / BASE_FILE).write_text(json.dumps({"base": base, "base_sha256": base_sha256}, indent=2))
+
+
+def render_prompt(tokenizer, prompt: str, system: str | None) -> list[int]:
+    """Prompt token ids as the instruction task renders them: the chat template with the generation prompt."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt)["input_ids"]
