@@ -7,6 +7,11 @@ pages are page cache that the kernel can drop and other processes share, and cou
 for whatever the previous trial happened to read. The trial's peak is the highest sample minus the value when the
 context was entered, so what the process held before (imports, earlier trials in a reused worker) is not counted.
 Short spikes between two samples can be missed; 5 ms is well below one training step (~0.1-2 s).
+
+A worker that reuses its base model across trials (sweeps.reuse) held the base before the trial started: it
+`charge`s the base's resident bytes and load peak to the trial, so the peak equals a fresh load's. Platform caches
+that are no property of the trial's configuration (sweeps.prefix: frozen-block outputs) `hold` their bytes here and
+are subtracted from every CPU sample, whether they were built before the trial or during it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,31 @@ import threading
 import torch
 
 _STATUS = "/proc/self/status"
+_PLATFORM = {"bytes": 0}  # process-wide bytes held by platform caches (not charged to any trial)
+
+
+def hold(nbytes: int) -> None:
+    """A platform cache grew (+) or shrank (-) by nbytes: call before allocating, after freeing."""
+    _PLATFORM["bytes"] += int(nbytes)
+
+
+def platform_bytes() -> int:
+    return _PLATFORM["bytes"]
+
+
+def trim() -> None:
+    """Give freed heap pages back to the OS, so a later measurement starts from what is really held.
+
+    glibc otherwise keeps freed pages mapped and the next allocations reuse them without resident memory growing.
+    """
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the sampled peak is then an upper bound
+        pass
 
 
 def _rss_anon_bytes() -> int:
@@ -54,6 +84,7 @@ class PeakMemory:
             self.method = f"cpu psutil rss sampled every {interval_s * 1000:g} ms above trial start"
         self._start = 0
         self._max = 0
+        self._floor = 0  # a transient peak charged from before the trial started (a reused base's load)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -62,22 +93,42 @@ class PeakMemory:
     def _sample(self) -> int:
         if self.cuda:
             return torch.cuda.max_memory_allocated(self.device)
-        return _rss_anon_bytes()
+        return _rss_anon_bytes() - platform_bytes()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            value = _rss_anon_bytes()
+            value = self._sample()
             if value > self._max:
                 self._max = value
 
     @property
     def peak_bytes(self) -> int:
-        """Peak above the value at __enter__ so far (>= 0)."""
+        """Peak above the value at __enter__ so far (>= 0), including what was charged."""
+        self._max = max(self._max, self._sample())
+        return max(0, self._max - self._start, self._floor)
+
+    @property
+    def level_bytes(self) -> int:
+        """Memory held now above the value at __enter__ (not the peak)."""
+        now = torch.cuda.memory_allocated(self.device) if self.cuda else self._sample()
+        return now - self._start
+
+    def charge(self, resident_bytes: int, transient_bytes: int = 0) -> None:
+        """Count memory allocated before __enter__ as the trial's own: `resident_bytes` held throughout, and a
+        one-off peak of `transient_bytes` above the start (what loading it cost)."""
+        self._start -= int(resident_bytes)
+        self._floor = max(self._floor, int(transient_bytes))
+
+    def restart(self) -> None:
+        """Measure from the current level again; only before the trial has allocated anything of its own
+        (after freeing what a previous trial left, which would otherwise hide the trial's allocations)."""
         if self.cuda:
-            self._max = max(self._max, self._sample())
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._start = self._max = torch.cuda.memory_allocated(self.device)
         else:
-            self._max = max(self._max, _rss_anon_bytes())
-        return max(0, self._max - self._start)
+            self._start = self._max = self._sample()
+        self._floor = 0
 
     @property
     def peak_mb(self) -> float:
@@ -92,7 +143,7 @@ class PeakMemory:
             self._start = torch.cuda.memory_allocated(self.device)
             self._max = self._start
         else:
-            self._start = self._max = _rss_anon_bytes()
+            self._start = self._max = self._sample()
             self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
             self._thread.start()

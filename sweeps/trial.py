@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import adapters, models
+from sweeps import adapters, models, reuse
 from sweeps.classify import ClassificationTask, length_batches
 from sweeps.memory import PeakMemory
 from sweeps.params import TrialParams
@@ -160,8 +160,11 @@ def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ..
     return task
 
 
-def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str):
-    model = models.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
+def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str, peak: PeakMemory | None = None):
+    if peak is None:  # evaluation, export: a model of its own
+        model = models.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
+    else:  # a trial: this worker's base from its last trial, made as if freshly loaded, and charged to `peak`
+        model = reuse.base_for_trial(base, spec.task, task.num_labels, params, device, spec.model.revision, peak)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
@@ -180,7 +183,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     stats = {"tokens": 0, "train_seconds": 0.0}
     extra: dict[str, float] = {}
     with PeakMemory(device) as pm:
-        model = _load(spec, params, base, tokenizer, task, device)
+        model = _load(spec, params, base, tokenizer, task, device, peak=pm)
         stats["base_weight_bytes"] = models.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
         model = adapters.apply_peft(model, params, spec.task, task.num_labels)
@@ -195,6 +198,8 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     tables = {}
     if spec.task == "instruction" and spec.data.generation_examples:
         tables["generations.json"] = task.table(before, task.generations(model, device))
+    target_modules = sorted(model.peft_config["default"].target_modules)
+    reuse.release(model)  # the base waits for this worker's next trial; a failed trial's is cleaned up then
     final = history[-1]
     metrics = {k: float(final[k]) for k in task.metric_keys if k in final}
     metrics.update(extra, peak_memory_bytes=float(pm.peak_bytes), peak_memory_mb=pm.peak_mb,
@@ -204,7 +209,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
                    epochs_run=float(len(history)))
     info = {"memory_method": pm.method, "device": device, "bf16": bf16, "torch_threads": threads,
             "train_tokens": stats["tokens"], "base": str(base), "base_sha256": models.content_hash(base),
-            "target_modules": sorted(model.peft_config["default"].target_modules), **task.info()}
+            "target_modules": target_modules, **task.info()}
     return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info, tables=tables)
 
 
