@@ -55,7 +55,7 @@ class TrialParams(BaseModel):
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="4-bit only: dtype the dequantized matmul runs in. auto: bfloat16 where the hardware has fast "
-        "bf16 (CUDA, CPUs with AMX), else float32 (bf16 on a CPU without it was ~100x slower, measured).",
+        "bf16 (CUDA, CPUs with AMX or AVX512-BF16), else float32 (bf16 on an AVX2-only CPU was ~100x slower).",
     )
     # --- optimisation
     learning_rate: float = Field(1e-3, gt=0, lt=1, description="AdamW peak learning rate (linear warm-up and decay).")
@@ -76,12 +76,19 @@ class TrialParams(BaseModel):
     )
     k_per_class: int | None = Field(None, ge=1, description="Few-shot: keep k training examples per class.")
     bf16: Literal["auto", "on", "off"] = Field(
-        "auto", description="bf16 autocast: auto uses it where the CPU has AMX or the GPU supports bf16."
+        "auto", description="bf16 autocast: auto uses it where the CPU has AMX or AVX512-BF16 or the GPU supports "
+        "bf16; on, off (a bare YAML on/off works too)."
     )
     packing: bool = Field(False, description="Instruction task: pack several examples into one sequence.")
     max_memory_mb: float | None = Field(
         None, gt=0, description="Fail the trial as infeasible when its measured peak exceeds this."
     )
+
+    @field_validator("bf16", mode="before")
+    @classmethod
+    def _bf16_switch(cls, value):
+        # YAML reads a bare `bf16: off` (and `--set bf16=on`) as a boolean: take it as the switch it means.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("layers")
     @classmethod
