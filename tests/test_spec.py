@@ -53,6 +53,13 @@ def test_yaml_11_exponent_floats_are_floats():
     assert all(isinstance(c, float) for c in spec.search.space["learning_rate"].choices)
 
 
+def test_bare_yaml_on_off_is_the_bf16_switch():
+    assert validate_dict(parse_yaml(_with("params: {bf16: off}\n"))).params.bf16 == "off"
+    assert validate_dict(parse_yaml(_with("params: {bf16: on}\n"))).params.bf16 == "on"
+    with pytest.raises(SpecError, match="params.bf16"):
+        validate_dict(parse_yaml(_with("params: {bf16: maybe}\n")))
+
+
 def test_three_distinct_mistakes_are_all_reported_with_paths():
     text = BASE.replace("name: t", "name: t\nbudgett: {trials: 3}")
     text = text.replace("rank: [4, 8]", "rank: [4, 8]\n    rnk: [1]")
