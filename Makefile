@@ -17,5 +17,9 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 
+# BENCHMARKS.md (issue 6): about 40 min on 2 cores; BENCH_ARGS=--quick for a smoke run, --only SECTIONS for some
+bench: setup
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
 clean:
 	rm -rf mlruns/* .pytest_cache

@@ -1,0 +1,118 @@
+"""The benchmark suite (issue #6): writes BENCHMARKS.md (and the raw figures, BENCHMARKS.json) at the repo root.
+
+    python scripts/bench.py                         # the default sections, about 45 min on 2 quiet cores
+    python scripts/bench.py --quick                 # a smoke run: 120 training rows, 1 epoch, 1 repeat; minutes
+    python scripts/bench.py --only overhead,hf      # some sections; the others' figures are kept
+    python scripts/bench.py --only grid             # (re)build benchmarks/grid_reviews.csv (135 trials, resumable)
+
+Sections: cli (sweep --help / validate), profile (where a trial's and a sweep's start-up time goes), throughput
+(tokens/s: ours vs a plain PEFT loop, lever by lever), levers (macro-F1 of 8 configurations with every speed lever
+on, with bf16 off, and with bf16 and the frozen-prefix cache off: the speed must not cost accuracy), memory
+(none/int8/nf4/fp4), overhead (sweep run vs a bare loop of run_trial), hf (sweep run vs
+Trainer.hyperparameter_search), search (samplers replayed on the grid); not run unless named: grid.
+Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
+Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchkit import report, sections, sweeps_vs  # noqa: E402
+from benchkit.common import ROOT, Results, log, quick_data, workdir  # noqa: E402
+
+SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sections.throughput,
+            "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
+            "search": sections.search, "grid": sections.grid, "levers": sections.levers}
+DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "overhead", "hf", "search"]
+REPEATS = {"cli": 5, "throughput": 2, "memory": 1, "overhead": 1, "hf": 1}
+QUICK_REPEATS = {"cli": 3, "throughput": 1, "memory": 1, "overhead": 1, "hf": 1}
+QUICK_ROWS = 120
+
+
+@dataclass
+class Context:
+    work: Path
+    results: Results
+    quick: bool
+    repeats: int | None
+    data: dict | None
+    epochs: int
+    tp_epochs: int
+    seeds: int
+    quality_epochs: int
+    grid_file: Path
+    plot_path: Path
+    shared: dict = field(default_factory=dict)
+
+    def repeats_for(self, section: str) -> int:
+        return self.repeats or (QUICK_REPEATS if self.quick else REPEATS).get(section, 1)
+
+    def save(self) -> None:
+        self.results.save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--quick", action="store_true", help="120 training rows, 1 epoch, 1 repeat, 5 replay seeds")
+    ap.add_argument("--repeats", type=int, default=None, help="repeats of every timed figure (default per section)")
+    ap.add_argument("--epochs", type=int, default=1,
+                    help="epochs of each of the 8 configurations in overhead/hf/prefix (default 1, to fit 45 min; "
+                         "the default spec trains 3)")
+    ap.add_argument("--seeds", type=int, default=None, help="replay seeds per sampler (default 10; quick 5)")
+    ap.add_argument("--quality-epochs", type=int, default=3,
+                    help="epochs of each configuration in the levers section (default 3, as the default spec)")
+    ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    work = workdir()
+    results = Results.open(args.out.with_suffix(".json"))
+    command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    ctx = Context(work=work, results=results, quick=args.quick, repeats=args.repeats,
+                  data=quick_data(work, QUICK_ROWS) if args.quick else None,
+                  epochs=args.epochs, tp_epochs=1,
+                  seeds=args.seeds or (5 if args.quick else 10),
+                  quality_epochs=1 if args.quick else args.quality_epochs,
+                  grid_file=sections.GRID_FILE, plot_path=ROOT / "docs" / "bench_search_hv.png")
+    if args.quick and not sections.GRID_FILE.is_file() and "search" in chosen:
+        chosen = [s for s in chosen if s != "grid"] + ["grid"]  # a tiny grid to replay on
+        chosen.remove("search")
+        chosen.append("search")
+        ctx.grid_file = work / "grid_quick.csv"
+        ctx.plot_path = work / "bench_search_hv.png"  # a 4-point grid's plot is no figure for docs/
+    log(f"sections {', '.join(chosen)}; scratch {work}; results {results.path}")
+    started = time.time()
+    failed = []
+    for name in chosen:
+        settings = {"quick": args.quick, "epochs": ctx.epochs, "repeats": ctx.repeats_for(name), "seeds": ctx.seeds,
+                    "quality_epochs": ctx.quality_epochs}
+        record = results.start(name, command, settings)
+        log(f"== {name}")
+        try:
+            SECTIONS[name](ctx, record)
+            record["status"] = "done"
+        except Exception as exc:  # record it, keep the other sections going
+            record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[-2000:],
+                          traceback=traceback.format_exc()[-4000:])
+            failed.append(name)
+            log(f"{name} failed: {type(exc).__name__}: {str(exc)[-800:]}")
+        record["seconds"] = round(time.time() - started, 1)
+        results.save()
+        args.out.write_text(report.render(results.data))
+    log(f"done in {time.time() - started:.0f} s -> {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Child processes of scripts/bench.py: `python scripts/benchkit/children.py NAME JSON` (NAME: trials, plain, hf).
+
+Each prints `RESULT {json}` lines that the parent collects (scripts/benchkit/common.py: run).
+  trials  the bare loop: configurations one after another in this process through sweeps.trial.run_trial
+  plain   a plain fp32 PEFT loop on the same model and data: padded to max_length, fixed order, no bucketing
+  hf      Hugging Face Trainer.hyperparameter_search (optuna backend, model_init per trial), the docs' recipe
+  profile run_trial twice under cProfile (a cold and a warm trial) and the time spent in its parts
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+STARTED = time.time()
+
+
+def emit(payload: dict) -> None:
+    print("RESULT " + json.dumps(payload, default=float), flush=True)
+
+
+class _Clock:
+    """Stands in for the `time` module inside sweeps.trial: the same wall clock, plus the main thread's CPU time
+    at every perf_counter() call, so the trial's training seconds can also be counted in CPU seconds (what other
+    processes on a busy machine cannot steal)."""
+
+    def __init__(self):
+        self.calls: list[tuple[float, float]] = []
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def perf_counter(self) -> float:
+        now = time.perf_counter()
+        self.calls.append((now, time.thread_time()))
+        return now
+
+    def cpu_train_seconds(self, train_seconds: float) -> float | None:
+        """trial._train counts [start, end of epoch) spans between its calls; redo that sum in CPU time."""
+        spans = list(zip(self.calls[0::2], self.calls[1::2], strict=False))
+        if abs(sum(end[0] - start[0] for start, end in spans) - train_seconds) > 1e-3:
+            return None  # trial.py times training differently now: no CPU figure rather than a wrong one
+        return sum(end[1] - start[1] for start, end in spans)
+
+
+def trials(p: dict) -> None:
+    import torch
+
+    from sweeps import trial
+    from sweeps.spec import load_spec
+    from sweeps.trial import run_trial
+    from sweeps.worker import release_memory, trial_params
+
+    emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
+    spec = load_spec(p["spec"])
+    done = set()
+    csv_path = Path(p["csv"]) if p.get("csv") else None
+    if csv_path and csv_path.is_file():
+        with csv_path.open() as fh:
+            done = {json.dumps({k: row[k] for k in p["axes"]}, sort_keys=True) for row in csv.DictReader(fh)}
+    for i, sampled in enumerate(p["configs"]):
+        key = json.dumps({k: _fmt(sampled[k]) for k in p.get("axes", [])}, sort_keys=True)
+        if csv_path and key in done:
+            continue
+        release_memory()  # what the sweep's worker does before each trial
+        trial.time = clock = _Clock()
+        started = time.perf_counter()
+        result = run_trial(spec, trial_params(spec, sampled), Path(p["out"]) / f"t{i}")
+        cpu = clock.cpu_train_seconds(result.metrics["train_seconds"])
+        row = {**sampled, **result.metrics, "wall_seconds": time.perf_counter() - started,
+               "cpu_tokens_per_second": result.info.get("train_tokens", 0) / cpu if cpu else None,
+               "train_tokens": result.info.get("train_tokens"), "threads": torch.get_num_threads()}
+        emit({"phase": "trial", **row})
+        if csv_path:
+            _append(csv_path, row, p["columns"])
+    emit({"phase": "done", "since_launch": time.time() - p.get("launched", STARTED)})
+
+
+def _append(path: Path, row: dict, columns: list[str]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow({k: _fmt(row[k]) for k in columns})
+
+
+def _fmt(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _train_split(spec):
+    """The same tokenized train rows our trials see (sweeps.data: same split, truncation and max_length)."""
+    from sweeps import data, models
+
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base)
+    task = data.load_classification(spec.data, spec.seed)
+    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    return base, tokenizer, task, splits
+
+
+def plain(p: dict) -> None:
+    """What a user writes from the PEFT quick-tour: from_pretrained, get_peft_model, pad to max_length, loop."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from sweeps import adapters
+    from sweeps.spec import load_spec
+    from sweeps.worker import trial_params
+
+    spec = load_spec(p["spec"])
+    params = trial_params(spec, p["config"])
+    base, tokenizer, task, splits = _train_split(spec)
+    torch.manual_seed(spec.seed)
+    model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=len(task.labels))
+    targets = adapters.target_modules(model, params.target, params.layers)  # the same modules as our trial
+    model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=params.rank, lora_alpha=params.lora_alpha(),
+                                             lora_dropout=params.dropout, target_modules=targets))
+    rows = list(splits["train"]["input_ids"])
+    labels = torch.tensor(list(splits["train"]["labels"]))
+    width = spec.data.max_length
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i])) if p.get("bucket") else list(range(len(rows)))
+    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=params.learning_rate)
+    model.train()
+    tokens, started, cpu_started = 0, time.perf_counter(), time.thread_time()
+    for _ in range(params.epochs):
+        for start in range(0, len(order), params.batch_size):
+            idx = order[start:start + params.batch_size]
+            w = max(len(rows[i]) for i in idx) if p.get("bucket") else width
+            ids = torch.full((len(idx), w), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, i in enumerate(idx):
+                ids[r, :len(rows[i])] = torch.tensor(rows[i])
+                mask[r, :len(rows[i])] = 1
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels[idx]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            tokens += int(mask.sum())
+    seconds, cpu = time.perf_counter() - started, time.thread_time() - cpu_started
+    emit({"phase": "plain", "tokens": tokens, "train_seconds": seconds, "tokens_per_second": tokens / seconds,
+          "cpu_tokens_per_second": tokens / cpu,
+          "threads": torch.get_num_threads(), "bucket": bool(p.get("bucket"))})
+
+
+def hf(p: dict) -> None:
+    """Trainer.hyperparameter_search as the transformers docs show it, with a peft LoRA model per trial."""
+    import numpy as np
+    import optuna
+    from peft import LoraConfig, TaskType, get_peft_model
+    from sklearn.metrics import f1_score
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from sweeps import adapters, data, models
+    from sweeps.spec import load_spec
+    from sweeps.worker import trial_params
+
+    emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
+    spec = load_spec(p["spec"])
+    base = str(models.resolve_base(spec.model))
+    task = data.load_classification(spec.data, spec.seed)  # the same train/validation split as our trials
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    def tokenize(batch):
+        return tokenizer(batch["text"], truncation=True, max_length=spec.data.max_length)
+
+    train = task.train.map(tokenize, batched=True).rename_column("label", "labels")
+    validation = task.validation.map(tokenize, batched=True).rename_column("label", "labels")
+    grid = p["space"]
+
+    def hp_space(trial):
+        return {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
+
+    def model_init(trial):
+        sampled = {name: values[0] for name, values in grid.items()}
+        if trial is not None:
+            sampled.update({k: v for k, v in trial.params.items() if k in grid})
+        params = trial_params(spec, sampled)
+        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=len(task.labels))
+        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=params.rank, lora_alpha=params.lora_alpha(),
+                            lora_dropout=params.dropout,
+                            target_modules=adapters.target_modules(model, params.target, params.layers))
+        return get_peft_model(model, config)
+
+    def compute_metrics(pred):
+        y_pred = np.argmax(pred.predictions, axis=-1)
+        return {"macro_f1": f1_score(pred.label_ids, y_pred, average="macro")}
+
+    params = spec.params
+    args = TrainingArguments(output_dir=p["out"], num_train_epochs=params.epochs, eval_strategy="epoch",
+                             per_device_train_batch_size=params.batch_size,
+                             per_device_eval_batch_size=params.batch_size * 2, warmup_steps=params.warmup_ratio,
+                             weight_decay=params.weight_decay, max_grad_norm=params.max_grad_norm,
+                             save_strategy="no", report_to="none", logging_strategy="no", seed=spec.seed,
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(args=args, model_init=model_init, train_dataset=train, eval_dataset=validation,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
+    values = []
+
+    def objective(metrics):  # Trainer calls it after every evaluation (each epoch); the last one is the trial's
+        values.append(metrics["eval_macro_f1"])
+        emit({"phase": "epoch", "macro_f1": metrics["eval_macro_f1"], "epoch": metrics.get("epoch"),
+              "since_launch": time.time() - STARTED})
+        return metrics["eval_macro_f1"]
+
+    best = trainer.hyperparameter_search(direction="maximize", backend="optuna", hp_space=hp_space,
+                                         n_trials=p["trials"], compute_objective=objective,
+                                         sampler=optuna.samplers.GridSampler(grid, seed=spec.seed))
+    emit({"phase": "done", "best_macro_f1": best.objective, "best": best.hyperparameters,
+          "since_launch": time.time() - p.get("launched", STARTED)})
+
+
+# (label, function name, file name): cumulative seconds of the function, summed over calls
+PARTS = [("tokenizer load", "load_tokenizer", "models.py"),
+         ("data: load, split, tokenize (cached)", "_task", "trial.py"),
+         ("base model load", "load_base", "models.py"),
+         ("base model from the worker's slot", "base_for_trial", "reuse.py"),
+         ("apply LoRA", "apply_peft", "adapters.py"), ("training loop incl. evaluation", "_train", "trial.py"),
+         ("evaluation", "evaluate", "classify.py"), ("forward passes", "forward", "peft_model.py"),
+         ("backward passes", "backward", "_tensor.py"), ("optimizer steps", "adam", "adam.py"),
+         ("frozen-prefix misses", "_compute", "prefix.py"), ("save adapter", "save_adapter", "adapters.py"),
+         ("base sha256", "content_hash", "models.py"), ("task info (truncation stats)", "info", "classify.py")]
+
+
+def profile(p: dict) -> None:
+    import cProfile
+    import pstats
+
+    from sweeps.spec import load_spec
+    from sweeps.trial import run_trial
+    from sweeps.worker import release_memory, trial_params
+
+    emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
+    spec = load_spec(p["spec"])
+    for i in range(2):
+        release_memory()
+        prof = cProfile.Profile()
+        started = time.perf_counter()
+        prof.enable()
+        result = run_trial(spec, trial_params(spec, p["config"]), Path(p["out"]) / f"p{i}")
+        prof.disable()
+        wall = time.perf_counter() - started
+        stats = pstats.Stats(prof).stats
+        parts = {}
+        for label, func, file in PARTS:
+            secs = sum(v[3] for k, v in stats.items() if k[2] == func and k[0].endswith("/" + file))
+            if secs:
+                parts[label] = secs
+        emit({"phase": "profile", "trial": "cold" if i == 0 else "warm", "wall": wall, "parts": parts,
+              "train_seconds": result.metrics["train_seconds"], "tokens_per_second":
+              result.metrics["tokens_per_second"]})
+
+
+if __name__ == "__main__":
+    {"trials": trials, "plain": plain, "hf": hf, "profile": profile}[sys.argv[1]](json.loads(sys.argv[2]))

@@ -1,0 +1,123 @@
+"""Sections that run whole sweeps: platform overhead (sweep run vs a bare loop) and HF Trainer's search.
+
+Both use the same 8 configurations: the default spec (search_spaces/rank_study.yaml) with a grid space of
+rank x alpha_ratio x learning_rate (2 x 2 x 2), so `sweep run` (sampler grid), the bare loop and Trainer's Optuna
+GridSampler all train exactly the same points.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from benchkit.common import SWEEP, Child, bench_spec, child, grid_points, log, median, run, threads_env
+
+SPACE8 = {"rank": [4, 16], "alpha_ratio": [1.0, 4.0], "learning_rate": [0.001, 0.003]}
+CORES = os.cpu_count() or 1
+
+
+def specs(ctx) -> dict[str, Path]:
+    """The benchmark specs: concurrency 2 x 1 thread (the default layout) and 1 x all cores (pure overhead)."""
+    params = {"epochs": ctx.epochs}
+    return {
+        "concurrent": bench_spec(ctx.work, "bench_sweep", SPACE8, params=params, data=ctx.data,
+                                 budget={"trials": 8, "concurrency": 2, "cpus_per_trial": 1}),
+        "serial": bench_spec(ctx.work, "bench_sweep_serial", SPACE8, params=params, data=ctx.data,
+                             budget={"trials": 8, "concurrency": 1, "cpus_per_trial": CORES}),
+    }
+
+
+def sweep_run(spec: Path, store: Path) -> dict:
+    """`sweep run SPEC --no-live` in a fresh store; wall time plus the timeline MLflow recorded."""
+    env = {"SWEEPS_STORE": str(store), "MLFLOW_TRACKING_URI": "", "SWEEPS_STUDY_STORAGE": "",
+           "SWEEPS_RAY_ADDRESS": ""}
+    launched = time.time()
+    done: Child = run([SWEEP, "run", str(spec), "--no-live"], env=env, timeout=3 * 3600)
+    return {"wall": done.wall, **timeline(spec, store, launched, launched + done.wall)}
+
+
+def timeline(spec: Path, store: Path, launched: float, ended: float) -> dict:
+    """Where a sweep's wall time went, from the runs MLflow recorded (times in seconds from launch)."""
+    import yaml
+
+    from sweeps.track import Tracker
+
+    name = yaml.safe_load(spec.read_text())["name"]
+    tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}")
+    parent = next((s for s in tracker.sweeps() if s["name"] == name), {})
+    records = [r for r in tracker.trial_records(name) if r.end_time]
+    spans = sorted((r.start_time / 1000 - launched, r.end_time / 1000 - launched) for r in records)
+    trials = [{"macro_f1": r.metrics.get("macro_f1"), "wall_seconds": r.metrics.get("wall_seconds"),
+               "train_seconds": r.metrics.get("train_seconds"), "params": r.params} for r in records]
+    return {"parent_start": (parent.get("start_time") or 0) / 1000 - launched if parent else None,
+            "first_trial_start": spans[0][0] if spans else None, "last_trial_end": spans[-1][1] if spans else None,
+            "trial_spans": spans, "trials": trials, "exit": ended - launched,
+            "best_macro_f1": max((t["macro_f1"] for t in trials if t["macro_f1"] is not None), default=None)}
+
+
+def bare_loop(ctx, spec: Path, tag: str) -> dict:
+    """The same configurations one after another in one process (all cores), through run_trial."""
+    store = ctx.work / f"store-bare-{tag}"
+    done = child("trials", {"spec": str(spec), "configs": grid_points(SPACE8), "out": str(store / "out"),
+                            "launched": time.time()},  # trial.py as it is: the sweep's workers run it so
+                 env={**threads_env(CORES), "SWEEPS_STORE": str(store)}, timeout=3 * 3600)
+    rows = [r for r in done.results if r.get("phase") == "trial"]
+    imported = next((r["since_launch"] for r in done.results if r.get("phase") == "imported"), None)
+    return {"wall": done.wall, "imports": imported, "trials": rows,
+            "best_macro_f1": max(r["macro_f1"] for r in rows),
+            "trial_wall": sum(r["wall_seconds"] for r in rows), "train": sum(r["train_seconds"] for r in rows)}
+
+
+def overhead(ctx, record: dict) -> None:
+    paths = specs(ctx)
+    record["configs"] = grid_points(SPACE8)
+    record["runs"] = runs = record.get("runs", [])
+    for rep in range(ctx.repeats_for("overhead")):
+        log(f"overhead {rep + 1}/{ctx.repeats_for('overhead')}: bare loop (8 trials, 1 process, {CORES} threads)")
+        bare = bare_loop(ctx, paths["concurrent"], f"{rep}")
+        log(f"  bare loop {bare['wall']:.0f} s; sweep run, 2 concurrent x 1 thread")
+        concurrent = sweep_run(paths["concurrent"], ctx.work / f"store-sweep-{rep}")
+        log(f"  sweep run {concurrent['wall']:.0f} s; sweep run, 1 x {CORES} threads")
+        serial = sweep_run(paths["serial"], ctx.work / f"store-serial-{rep}")
+        log(f"  sweep run (serial) {serial['wall']:.0f} s")
+        runs.append({"bare": bare, "concurrent": concurrent, "serial": serial})
+        ctx.save()
+    record["summary"] = {
+        "bare_wall": median([r["bare"]["wall"] for r in runs]),
+        "concurrent_wall": median([r["concurrent"]["wall"] for r in runs]),
+        "serial_wall": median([r["serial"]["wall"] for r in runs]),
+        "ratio_concurrent": median([r["concurrent"]["wall"] / r["bare"]["wall"] for r in runs]),
+        "ratio_serial": median([r["serial"]["wall"] / r["bare"]["wall"] for r in runs]),
+        "repeats": len(runs)}
+    ctx.shared["sweep_concurrent"] = runs[-1]["concurrent"]
+
+
+def hf(ctx, record: dict) -> None:
+    paths = specs(ctx)
+    record["runs"] = runs = record.get("runs", [])
+    for rep in range(ctx.repeats_for("hf")):
+        log(f"hf {rep + 1}/{ctx.repeats_for('hf')}: Trainer.hyperparameter_search, 8 trials, {CORES} threads")
+        launched = time.time()
+        done = child("hf", {"spec": str(paths["concurrent"]), "space": SPACE8, "trials": 8, "launched": launched,
+                            "out": str(ctx.work / f"hf-{rep}")},
+                     env={**threads_env(CORES), "SWEEPS_STORE": str(ctx.work / f"store-hf-{rep}")},
+                     timeout=3 * 3600)
+        final = done.result
+        epochs = [r for r in done.results if r.get("phase") == "epoch"]
+        hf_row = {"wall": done.wall, "best_macro_f1": final.get("best_macro_f1"), "best": final.get("best"),
+                  "epochs": epochs}
+        log(f"  HF {done.wall:.0f} s, best macro-F1 {hf_row['best_macro_f1']:.3f}")
+        sweep = ctx.shared.get("sweep_concurrent") if rep == 0 else None
+        if sweep is None:
+            log("  sweep run, 2 concurrent x 1 thread")
+            sweep = sweep_run(paths["concurrent"], ctx.work / f"store-hfsweep-{rep}")
+        log(f"  sweep {sweep['wall']:.0f} s, best macro-F1 {sweep['best_macro_f1']:.3f}")
+        runs.append({"hf": hf_row, "sweep": {k: sweep[k] for k in ("wall", "best_macro_f1", "trials")}})
+        ctx.save()
+    record["summary"] = {
+        "hf_wall": median([r["hf"]["wall"] for r in runs]), "sweep_wall": median([r["sweep"]["wall"] for r in runs]),
+        "ratio": median([r["sweep"]["wall"] / r["hf"]["wall"] for r in runs]),
+        "hf_best_macro_f1": median([r["hf"]["best_macro_f1"] for r in runs]),
+        "sweep_best_macro_f1": median([r["sweep"]["best_macro_f1"] for r in runs]), "repeats": len(runs)}
+
