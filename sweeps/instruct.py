@@ -5,7 +5,7 @@ training loop); this module supplies the batches, the loss, the evaluation and t
 
 Two choices that make it affordable on a CPU:
 - the vocabulary projection runs only at answer positions (a 49k-word lm_head over every position of a batch is
-  8 x 192 x 49152 floats = 300 MB of logits, most of them thrown away by the mask);
+  8 x 192 x 49152 floats = 300 MB of logits, most of them thrown away by the mask), in chunks (`answer_loss`);
 - routing accuracy generates only as many tokens as the reference answers need to name their category.
 """
 
@@ -43,15 +43,38 @@ def _pad_rows(rows: list[dict], pad_id: int, device: str, packed: bool) -> dict[
     return {"input_ids": ids.to(device), "labels": labels.to(device), key: extra.to(device)}
 
 
+CE_CHUNK = 256  # answer tokens whose vocabulary logits exist at once (256 x 49152 fp32 = 50 MB on SmolLM2)
+
+
+def _chunk_ce(head: torch.nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(head(hidden).float(), target, reduction="sum")
+
+
 def answer_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over answer tokens, and how many there were."""
+    """Summed next-token cross-entropy over answer tokens, and how many there were.
+
+    The vocabulary projection runs in chunks of CE_CHUNK answer tokens, and in training each chunk is recomputed
+    in backward instead of kept: a batch of 8 helpdesk chats has ~900 answer tokens, whose fp32 logits (171 MB),
+    their log-softmax and their gradient were the largest tensors of a SmolLM2 step. The recomputation is one
+    more lm_head pass over the answers, a few per cent of the step.
+    """
+    from torch.utils.checkpoint import checkpoint
+
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1]
     target = batch["labels"][:, 1:]
     keep = target != IGNORE
-    logits = lm.get_output_embeddings()(hidden[keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep], reduction="sum"), int(keep.sum())
+    hidden, target = hidden[keep], target[keep]
+    head = lm.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, hidden.shape[0], CE_CHUNK):
+        part = (head, hidden[start:start + CE_CHUNK], target[start:start + CE_CHUNK])
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            total = total + checkpoint(_chunk_ce, *part, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(*part)
+    return total, int(keep.sum())
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, device: str,

@@ -38,14 +38,53 @@ def trim() -> None:
 
     glibc otherwise keeps freed pages mapped and the next allocations reuse them without resident memory growing.
     """
-    import ctypes
     import gc
 
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): the sampled peak is then an upper bound
-        pass
+    trim_heap()
+
+
+_LIBC: dict = {}
+
+
+def trim_heap() -> None:
+    """malloc_trim(0) alone, without a garbage collection."""
+    if "trim" not in _LIBC:
+        import ctypes
+
+        try:
+            _LIBC["trim"] = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):  # not glibc (macOS, musl): the sampled peak is then an upper bound
+            _LIBC["trim"] = None
+    if _LIBC["trim"] is not None:
+        _LIBC["trim"](0)
+
+
+class HeapGuard:
+    """Trim the heap after a training step when it keeps growing.
+
+    Batches of different lengths free tensors of different sizes, and glibc's heap keeps the holes: on a SmolLM2
+    trial, resident memory after a step crept from 2.9 GB to 3.8 GB over 15 steps while what was live stayed
+    near 1.1 GB. The measured peak then reflects the allocator's history rather than the configuration, and the
+    process really holds those pages. Trimming after every step removed the creep but slowed a MiniLM trial
+    (0.2 s steps) by 28 %: the next step page-faults its memory back in. After a step glibc holds about what the
+    step needed, which the next step reuses; the waste is the creep above that. So the first step after a trim
+    sets the level and the guard trims only when a later step ends `slack_mb` above it. RssAnon costs microseconds.
+    """
+
+    def __init__(self, slack_mb: float = 256.0):
+        self.slack = int(slack_mb * 2**20)
+        self.level: int | None = None
+        self.trims = 0
+
+    def step(self) -> None:
+        now = _rss_anon_bytes()
+        if self.level is None:
+            self.level = now
+        elif now > self.level + self.slack:
+            trim_heap()
+            self.trims += 1
+            self.level = None
 
 
 def _rss_anon_bytes() -> int:

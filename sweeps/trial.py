@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import adapters, models, reuse
+from sweeps import adapters, memory, models, reuse
 from sweeps.classify import ClassificationTask, length_batches
 from sweeps.memory import PeakMemory
 from sweeps.params import TrialParams
@@ -110,6 +110,8 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
     trainable, optimizer, scheduler = _optimizer(model, params, steps_per_epoch * params.epochs)
     n_trainable, _ = adapters.trainable_params(model)
     device_type = torch.device(device).type
+    # batches of many lengths fragment glibc's heap: hand grown free pages back (SWEEPS_TRIM_HEAP=0: never)
+    heap = memory.HeapGuard() if device_type == "cpu" and os.environ.get("SWEEPS_TRIM_HEAP", "1") != "0" else None
     history: list[dict] = []
     t0 = time.perf_counter()
     for epoch in range(1, params.epochs + 1):
@@ -127,10 +129,13 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
             torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
             optimizer.step()
             scheduler.step()
+            if heap is not None:
+                heap.step()
             loss_sum += loss.item()
             n_batches += 1
             stats["tokens"] += tokens
         stats["train_seconds"] = time.perf_counter() - t0
+        stats["heap_trims"] = heap.trims if heap is not None else 0
         metrics = task.evaluate(model, device, bf16)
         t0 = time.perf_counter() - stats["train_seconds"]  # evaluation time is not training time
         row = {"epoch": epoch, **metrics, "train_loss": loss_sum / max(1, n_batches),
@@ -208,8 +213,8 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
                    tokens_per_second=stats["tokens"] / max(stats["train_seconds"], 1e-9),
                    epochs_run=float(len(history)))
     info = {"memory_method": pm.method, "device": device, "bf16": bf16, "torch_threads": threads,
-            "train_tokens": stats["tokens"], "base": str(base), "base_sha256": models.content_hash(base),
-            "target_modules": target_modules, **task.info()}
+            "train_tokens": stats["tokens"], "heap_trims": stats["heap_trims"], "base": str(base),
+            "base_sha256": models.content_hash(base), "target_modules": target_modules, **task.info()}
     return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info, tables=tables)
 
 

@@ -95,6 +95,33 @@ def test_answer_loss_matches_transformers_and_packing_keeps_chats_apart(llama_di
     assert n == n_sep and abs(float(total) - separate) < 1e-3  # a leak across chats would change the loss
 
 
+def test_chunked_answer_loss_gives_the_same_loss_and_gradients(llama_dir, tok, tmp_path, monkeypatch):
+    """CE_CHUNK answer tokens at a time, each chunk recomputed in backward: the same loss and gradients as one
+    projection of every answer token."""
+    from transformers import AutoModelForCausalLM
+
+    chats = chat.load_chats(DataSpec(source=str(_tiny.toy_tickets(tmp_path / "t.jsonl", n=6))), 0).train[:4]
+    encoded, _, _ = chat.encode_all(chats, tok, 48)
+    batch = instruct._pad_rows([{"input_ids": e.input_ids, "labels": e.labels} for e in encoded],
+                               tok.pad_token_id, "cpu", packed=False)
+
+    def loss_and_grads(chunk: int):
+        monkeypatch.setattr(instruct, "CE_CHUNK", chunk)
+        model = AutoModelForCausalLM.from_pretrained(llama_dir)
+        model.model.embed_tokens.weight.requires_grad_(False)  # as in a trial: only the blocks train here
+        total, n = instruct.answer_loss(model, batch)
+        total.backward()
+        return total.item(), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    whole, n_whole, g_whole = loss_and_grads(10_000)
+    chunked, n_chunked, g_chunked = loss_and_grads(3)
+    assert n_whole == n_chunked > 9  # several chunks
+    assert chunked == pytest.approx(whole, rel=1e-5)
+    assert g_whole.keys() == g_chunked.keys() and len(g_whole) > 0
+    for name, grad in g_whole.items():
+        assert ((grad - g_chunked[name]).norm() / grad.norm()).item() < 1e-5, name  # float summation order only
+
+
 def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path):
     spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=48))
     res = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
