@@ -17,6 +17,9 @@ _STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "STARTING": "dim", "FAILED": "
           "INTERRUPTED": "magenta"}
 
 
+_LIVE_STATES = ("RUNNING", "RETRYING")
+
+
 class LiveView:
     def __init__(self, spec: SweepSpec, console: Console, enabled: bool = True):
         self.spec, self.console, self.enabled = spec, console, enabled
@@ -24,6 +27,7 @@ class LiveView:
         self.started = time.time()
         self.live: Live | None = None
         self._last_line = 0.0
+        self._epoch_shown: dict[int, int] = {}
 
     def attach(self, coordinator: Any) -> None:
         self.coordinator = coordinator
@@ -47,12 +51,21 @@ class LiveView:
         """Not a terminal (CI, a log file): one progress line per finished trial instead of a live table."""
         rows = list(self.coordinator.rows.values())
         for row in rows:
+            if not row.ended and row.epoch and row.epoch > self._epoch_shown.get(row.number, 0):
+                # a long trial shows each epoch, not only its end
+                self._epoch_shown[row.number] = row.epoch
+                shown = "  ".join(f"{m}={row.metrics[m]:.4g}" for m in self.spec.metric_names() if m in row.metrics)
+                self.console.print(f"trial {row.number:>3} epoch {row.epoch}/{self._epochs(row)}  {shown}  "
+                                   f"({_duration(time.time() - row.started)})", highlight=False)
             if row.ended and row.ended > self._last_line:
                 self._last_line = row.ended
                 shown = "  ".join(f"{m}={row.metrics[m]:.4g}" for m in self.spec.metric_names() if m in row.metrics)
                 why = f"  ({row.reason})" if row.reason else ""
                 self.console.print(f"trial {row.number:>3} {row.state:<11} {shown}{why}  [{self._summary()}]",
                                    highlight=False)
+
+    def _epochs(self, row: Any) -> int:
+        return int(row.params.get("epochs") or self.spec.params.epochs)
 
     def _summary(self) -> str:
         rows = list(self.coordinator.rows.values()) if self.coordinator else []
@@ -68,14 +81,16 @@ class LiveView:
     def render(self) -> Group:
         metrics = self.spec.metric_names()
         table = Table(title=f"sweep {self.spec.name}", expand=False)
-        for col in ("trial", "state", "epoch", *self.spec.search.space, *metrics, "note"):
+        for col in ("trial", "state", "epoch", "time", *self.spec.search.space, *metrics, "note"):
             table.add_column(col, overflow="fold", max_width=40 if col == "note" else None)
         rows = sorted(self.coordinator.rows.values(), key=lambda r: r.number) if self.coordinator else []
         front = self._front(rows)
         for row in rows[-25:]:
             star = "*" if row.number in front else " "
             table.add_row(
-                f"{star}{row.number}", Text(row.state, style=_STYLE.get(row.state, "")), str(row.epoch or ""),
+                f"{star}{row.number}", Text(row.state, style=_STYLE.get(row.state, "")),
+                f"{row.epoch or 0}/{self._epochs(row)}" if row.state in _LIVE_STATES else str(row.epoch or ""),
+                _duration((row.ended or time.time()) - row.started),
                 *[fmt(row.params.get(k)) for k in self.spec.search.space],
                 *[fmt(row.metrics.get(m)) for m in metrics], row.reason or "",
             )
@@ -88,6 +103,11 @@ class LiveView:
             return set()
         mask = pareto_mask([[r.metrics[m] for m in metrics] for r in done], self.spec.directions())
         return {r.number for r, keep in zip(done, mask, strict=True) if keep}
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
 def fmt(value: Any) -> str:
