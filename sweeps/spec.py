@@ -134,7 +134,10 @@ class EarlyStopping(BaseModel):
 
 class SearchSpec(BaseModel):
     model_config = _FROZEN
-    sampler: Literal["tpe", "nsga2", "random", "grid"] = Field("tpe", description="Optuna sampler.")
+    sampler: Literal["auto", "gp", "tpe", "nsga2", "random", "grid"] = Field(
+        "auto", description="Optuna sampler. auto: gp for budgets up to 32 trials, tpe above (measured by replaying "
+        "samplers on a full grid, BENCHMARKS.md); gp: Gaussian process with expected hypervolume improvement, half "
+        "the budget (4-10 trials) drawn at random first; tpe: multivariate TPE with a constant liar.")
     space: dict[ParamName, Axis] = Field(  # type: ignore[valid-type]
         min_length=1,
         description="The axes to vary, by trial-parameter name; each an int, float or categorical axis."

@@ -83,7 +83,7 @@ def _data() -> dict:
         "overhead": {**head, "summary": {"bare_wall": 100.0, "concurrent_wall": 90.0, "serial_wall": 104.0,
                                          "ratio_concurrent": 0.9, "ratio_serial": 1.04, "repeats": 1},
                      "runs": [{"concurrent": {"first_trial_start": 9.0, "parent_start": 3.0, "last_trial_end": 88.0,
-                                              "exit": 90.0}}]},
+                                              "exit": 90.0}, "bare": {"imports": 4.0, "trial_wall": 95.0}}]},
         "hf": {**head, "summary": {"hf_wall": 300.0, "sweep_wall": 90.0, "ratio": 0.3, "hf_best_macro_f1": 0.26,
                                    "sweep_best_macro_f1": 0.5, "repeats": 1}},
         "throughput": {**head, "rows": [{"label": "plain", "median": 500.0, "cpu_median": 600.0},
@@ -92,8 +92,8 @@ def _data() -> dict:
                                      "macro_f1": 0.3, "tokens_per_second": 900.0}]},
         "search": {**head, "table": "benchmarks/grid_reviews.csv", "grid_points": 135, "seeds": 10,
                    "plot": "docs/bench_search_hv.png",
-                   "summary": {"tpe_hv16": 0.8, "nsga2_hv16": 0.7, "tpe48_hv48": 0.9, "random_hv16": 0.6,
-                               "random_hv48": 0.75}},
+                   "summary": {"auto_hv16": 0.8, "tpe_hv16": 0.78, "nsga2_hv16": 0.7, "auto48_hv48": 0.9,
+                               "gp48_hv48": 0.88, "random_hv16": 0.6, "random_hv48": 0.75}},
         "profile": {**head, "status": "failed", "error": "RuntimeError: boom"},
     }}
 
@@ -103,7 +103,8 @@ def test_markdown_has_every_figure_with_command_machine_and_goal():
     for needle in ("## CLI start", "## Platform overhead", "## Against the usual tool", "## Training throughput",
                    "## Memory by quantization", "## Search efficiency", "Command: `python scripts/bench.py`",
                    "2 cores, AMD EPYC (flags: avx2), no GPU", "0.900", "1.040", "0.300", "2.20x", "2.50x", "53,000,000",
-                   "![HV vs trials](docs/bench_search_hv.png)", "Failed: `RuntimeError: boom`"):
+                   "![HV vs trials](docs/bench_search_hv.png)", "Failed: `RuntimeError: boom`",
+                   "fixed costs are 11.0 s"):
         assert needle in text, needle
     assert text.count("**met**") == 6 and "**not met**" not in text
 
@@ -111,6 +112,6 @@ def test_markdown_has_every_figure_with_command_machine_and_goal():
 def test_markdown_states_unmet_goals():
     data = _data()
     data["sections"]["overhead"]["summary"].update(ratio_concurrent=1.2)
-    data["sections"]["search"]["summary"].update(tpe_hv16=0.5)
+    data["sections"]["search"]["summary"].update(auto_hv16=0.5)
     text = report.render(data)
     assert text.count("**not met**") == 2

@@ -37,7 +37,7 @@ def test_distributions_follow_the_axes():
     assert (d["epochs"].low, d["epochs"].high) == (1, 3)
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "random"])
+@pytest.mark.parametrize("sampler", ["auto", "gp", "tpe", "nsga2", "random"])
 def test_ask_tell_persists_and_resumes(tmp_path, sampler):
     url = f"sqlite:///{tmp_path / 'o.db'}"
     study = search.Study(_spec(sampler), url)
@@ -171,3 +171,11 @@ def test_a_driver_that_died_on_this_machine_is_not_live(tmp_path):
     study.study.set_user_attr("driver.legacy", time.time())  # a bare timestamp, as older drivers wrote
     assert study.live_drivers() == {"alive", "elsewhere", "legacy"}
     assert os.getpid() == study.study.user_attrs["driver.alive"]["pid"]
+
+
+def test_auto_sampler_is_the_gp_for_small_budgets_and_tpe_above():
+    small = _spec("auto")
+    assert type(search.make_sampler(small)).__name__ == "GPSampler"
+    big = validate_dict({**small.model_dump(mode="json", exclude_none=True),
+                         "budget": {"trials": search.GP_MAX_TRIALS + 1}})
+    assert type(search.make_sampler(big)).__name__ == "TPESampler"
