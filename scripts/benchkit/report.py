@@ -204,4 +204,8 @@ def render(data: dict) -> str:
         if rec.get("error"):
             lines += [f"Failed: `{rec['error'][:400]}`", ""]
         fn(lines, rec)
+    if not any((rec.get("machine") or {}).get("gpu") for rec in data.get("sections", {}).values()):
+        lines += ["## GPU", "", "No GPU row: none of these runs had a GPU. The trials pick CUDA when torch sees "
+                  "one, and peak memory is then `torch.cuda.max_memory_allocated`; `python scripts/bench.py --only "
+                  "throughput,memory` on such a machine adds the row (not yet run on CUDA).", ""]
     return "\n".join(lines) + "\n"
