@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import chat
+from sweeps import baseline, chat, models
 from sweeps.chat import IGNORE
 from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
@@ -164,6 +164,29 @@ class InstructionTask:
         if self.scored:
             metrics["routing_accuracy"] = self.routing_accuracy(model, device, split)
         return metrics
+
+    def zero_shot(self, model, device: str, bf16: bool, base: Path | str, split: str = "validation",
+                  generations: bool = False) -> tuple[dict[str, float], list[str]]:
+        """The base's own figures on `split` with the adapter off, and its answers for the generations table.
+
+        Shared by every trial and promotion on the same base, quantization and data through sweeps.baseline; a
+        hub model named without a revision may change under its name, so its figures are not kept.
+        """
+        qconfig = models.quantization_config(self.params, device)
+        parts = {"base": models.content_hash(base), "revision": self.spec.model.revision, "device": str(device),
+                 "bf16": bf16,
+                 "quantization": qconfig.to_dict() if qconfig else "none", "eval_batch": self.params.batch_size,
+                 "split": split, "seed": self.spec.seed, "data": self.data.fingerprint,
+                 "data_spec": self.spec.data.model_dump(mode="json"), "generations": generations}
+
+        def compute() -> dict:
+            with model.disable_adapter():
+                return {"metrics": self.evaluate(model, device, bf16, split),
+                        "generations": self.generations(model, device, split) if generations else []}
+
+        local = Path(str(base)).is_dir() or self.spec.model.revision is not None
+        value = baseline.cached(parts, compute) if local else compute()
+        return value["metrics"], value["generations"]
 
     def routing_accuracy(self, model, device: str, split: str) -> float:
         pairs = [(e, c) for e, c in zip(self.encoded[split], self.chats[split], strict=True) if c.category]

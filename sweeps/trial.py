@@ -193,9 +193,10 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         _check_memory(params, pm, "after loading the base")
         model = adapters.apply_peft(model, params, spec.task, task.num_labels)
         n_trainable, stats["total_params"] = adapters.trainable_params(model)
-        if spec.task == "instruction":  # a fresh adapter is a no-op (B = 0): this is the base model, zero-shot
-            extra = {f"zero_shot_{k}": v for k, v in task.evaluate(model, device, bf16).items()}
-            before = task.generations(model, device)
+        if spec.task == "instruction":  # the untuned base, computed once per base and quantization (baseline)
+            zero, before = task.zero_shot(model, device, bf16, base,
+                                          generations=bool(spec.data.generation_examples))
+            extra = {f"zero_shot_{k}": v for k, v in zero.items()}
         history = _train(model, task, params, spec, device, bf16, pm, report, stats)
     _check_memory(params, pm, "at the end of training")
     adapter_dir = adapters.save_adapter(model, Path(out_dir) / "adapter")
@@ -239,6 +240,6 @@ def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, sp
     bf16 = _use_bf16(params, device)
     metrics = task.evaluate(model, device, bf16, split)
     if spec.task == "instruction":
-        with model.disable_adapter():
-            metrics.update({f"zero_shot_{k}": v for k, v in task.evaluate(model, device, bf16, split).items()})
+        zero, _ = task.zero_shot(model, device, bf16, base, split)
+        metrics.update({f"zero_shot_{k}": v for k, v in zero.items()})
     return metrics

@@ -122,7 +122,7 @@ def test_chunked_answer_loss_gives_the_same_loss_and_gradients(llama_dir, tok, t
         assert ((grad - g_chunked[name]).norm() / grad.norm()).item() < 1e-5, name  # float summation order only
 
 
-def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path):
+def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path, monkeypatch):
     spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=48))
     res = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
     m = res.metrics
@@ -134,10 +134,45 @@ def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path):
     assert table["columns"] == ["request", "category", "reference", "before", "after"] and len(table["data"]) == 3
     assert res.info["truncation"]["train"]["examples"] == 36 and res.info["categories"] == ["access", "laptop",
                                                                                               "printer"]
-    # evaluated again from the saved adapter: same validation figures, and the zero-shot base beside them
+    # evaluated again from the saved adapter: same validation figures, and the zero-shot base beside them,
+    # computed again rather than taken from the cache the trial filled
+    monkeypatch.setenv("SWEEPS_ZERO_SHOT_CACHE", "0")
     again = trial.evaluate_adapter(spec, spec.params, res.adapter_dir, split="validation", device="cpu")
     assert again["loss"] == pytest.approx(m["loss"], rel=1e-4)
     assert again["zero_shot_loss"] == pytest.approx(m["zero_shot_loss"], rel=1e-4)
+
+
+def test_zero_shot_figures_are_computed_once_per_base_and_change_no_trial(store, llama_dir, tmp_path, monkeypatch):
+    spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=24), params={"epochs": 1, "rank": 4})
+    calls = []
+    real = instruct.InstructionTask.evaluate
+    monkeypatch.setattr(instruct.InstructionTask, "evaluate", lambda self, *a, **k: calls.append(1) or real(
+        self, *a, **k))
+    first = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
+    per_miss = len(calls)
+    other = spec.params.model_copy(update={"rank": 8, "target": "attention", "dropout": 0.1})
+    hit = trial.run_trial(spec, other, tmp_path / "t1", device="cpu")  # another adapter, the same base
+    assert len(calls) - per_miss == per_miss - 1  # the zero-shot evaluation was not run again
+    zero = {k: v for k, v in first.metrics.items() if k.startswith("zero_shot_")}
+    assert set(zero) == {"zero_shot_loss", "zero_shot_perplexity", "zero_shot_routing_accuracy"}
+    assert {k: hit.metrics[k] for k in zero} == zero
+    before = [row[3] for row in first.tables["generations.json"]["data"]]
+    assert [row[3] for row in hit.tables["generations.json"]["data"]] == before
+    # the same trial without the cache: the same zero-shot figures (so rank, target and dropout rightly are not
+    # part of the key) and the same trained figures (skipping the evaluation changed no random draw)
+    monkeypatch.setenv("SWEEPS_ZERO_SHOT_CACHE", "0")
+    fresh = trial.run_trial(spec, other, tmp_path / "t2", device="cpu")
+    for k, v in zero.items():
+        assert fresh.metrics[k] == pytest.approx(v, rel=1e-6), k
+    for k in ("loss", "routing_accuracy"):
+        assert fresh.metrics[k] == pytest.approx(hit.metrics[k], rel=1e-6), k
+    assert [row[4] for row in fresh.tables["generations.json"]["data"]] == \
+        [row[4] for row in hit.tables["generations.json"]["data"]]
+    # another quantization is another base: computed again
+    monkeypatch.delenv("SWEEPS_ZERO_SHOT_CACHE")
+    n = len(calls)
+    trial.run_trial(spec, spec.params.model_copy(update={"quantization": "nf4"}), tmp_path / "t3", device="cpu")
+    assert len(calls) - n == per_miss
 
 
 def test_packed_nf4_instruction_trial_runs(store, llama_dir, tmp_path):
