@@ -13,12 +13,12 @@ valid. SWEEPS_ZERO_SHOT_CACHE=0 computes them every time.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Callable
 from importlib import metadata
-from pathlib import Path
 
 from sweeps.store import cache_dir
 
@@ -29,6 +29,7 @@ def enabled() -> bool:
     return os.environ.get("SWEEPS_ZERO_SHOT_CACHE", "1") != "0"
 
 
+@functools.cache
 def _versions() -> dict[str, str]:
     out = {}
     for name in _LIBRARIES:
@@ -39,16 +40,20 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def digest(value) -> str:
+    """sha256 of a JSON-able value (sorted keys)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def key(parts: dict) -> str:
-    blob = json.dumps({**parts, "versions": _versions()}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:40]
+    return digest({**parts, "versions": _versions()})[:40]
 
 
-def cached(parts: dict, compute: Callable[[], dict], root: Path | None = None) -> dict:
+def cached(parts: dict, compute: Callable[[], dict]) -> dict:
     """compute()'s JSON-able result for `parts`: from the cache when there, else computed and stored."""
     if not enabled():
         return compute()
-    path = Path(root if root is not None else cache_dir() / "zero-shot") / f"{key(parts)}.json"
+    path = cache_dir() / "zero-shot" / f"{key(parts)}.json"
     try:
         return json.loads(path.read_text())["value"]
     except (OSError, ValueError, KeyError, TypeError):  # missing, or unreadable: compute it again

@@ -173,11 +173,16 @@ class InstructionTask:
         hub model named without a revision may change under its name, so its figures are not kept.
         """
         qconfig = models.quantization_config(self.params, device)
+        # The split as the model sees it, with its categories: this covers the data, the seed's split, the
+        # tokenizer and its chat template (files that content_hash, over the weights only, does not read).
+        seen = [(e.input_ids, e.labels, e.prompt_ids, c.category)
+                for e, c in zip(self.encoded[split], self.chats[split], strict=True)]
+        tok = self.tokenizer
         parts = {"base": models.content_hash(base), "revision": self.spec.model.revision, "device": str(device),
-                 "bf16": bf16,
-                 "quantization": qconfig.to_dict() if qconfig else "none", "eval_batch": self.params.batch_size,
-                 "split": split, "seed": self.spec.seed, "data": self.data.fingerprint,
-                 "data_spec": self.spec.data.model_dump(mode="json"), "generations": generations}
+                 "bf16": bf16, "quantization": qconfig.to_dict() if qconfig else "none",
+                 "eval_batch": self.params.batch_size, "split": split, "generations": generations,
+                 "inputs": baseline.digest(seen), "special": [tok.pad_token_id, tok.eos_token_id],
+                 "data_spec": self.spec.data.model_dump(mode="json")}
 
         def compute() -> dict:
             with model.disable_adapter():
