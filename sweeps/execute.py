@@ -21,7 +21,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweeps import faults
-from sweeps.select import rung_should_stop
+from sweeps.select import rung_should_stop, tolerance_matrix
 from sweeps.spec import SweepSpec
 
 
@@ -123,16 +123,21 @@ class _ParetoHalving(FIFOScheduler):
     """Multi-objective successive halving: at each rung epoch, stop a trial dominated by a peer at that rung.
 
     Ray's ASHA compares one metric; Optuna cannot prune multi-objective studies. This rule looks at every
-    objective (see sweeps.select.rung_should_stop): a trial on the rung's Pareto front is never stopped.
+    objective (see sweeps.select.rung_should_stop): a trial on the rung's Pareto front is never stopped, and
+    dominance counts only beyond each objective's tolerance (`tolerances`: the spec's stated ones, resolved per
+    report by sweeps.select.tolerance_matrix; a report carrying `<metric>_se` gets one SE on that metric).
     """
 
-    def __init__(self, key: str, rungs: list[int], min_trials: int, metrics: list[str], directions: list[str]):
+    def __init__(self, key: str, rungs: list[int], min_trials: int, metrics: list[str], directions: list[str],
+                 tolerances: list | None = None):
         super().__init__()
         self.key, self.min_trials, self.metrics, self.directions = key, min_trials, metrics, directions
+        self.objectives = list(zip(metrics, directions, strict=True))
+        self.tolerances = tolerances
         # Keyed by trial: a trial Ray restarts after its worker died reports the rung again and replaces its own
         # entry. In a plain list its first attempt stayed as a peer and, with a different measured peak memory,
         # could dominate the second attempt: the trial pruned by itself.
-        self.rungs: dict[int, dict[str, list[float]]] = {r: {} for r in rungs}
+        self.rungs: dict[int, dict[str, tuple[list[float], list[float]]]] = {r: {} for r in rungs}  # (vec, tol)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         epoch = result.get("epoch")
@@ -141,10 +146,12 @@ class _ParetoHalving(FIFOScheduler):
         if any(m not in result for m in self.metrics):
             return TrialScheduler.CONTINUE
         vec = [float(result[m]) for m in self.metrics]
+        tol = tolerance_matrix([result], self.objectives, self.tolerances)[0].tolist()
         peers = self.rungs[epoch]
         others = [v for tid, v in peers.items() if tid != trial.trial_id]
-        stop = rung_should_stop(vec, others, self.directions, self.min_trials)
-        peers[trial.trial_id] = vec
+        stop = rung_should_stop(vec, [v for v, _ in others], self.directions, self.min_trials,
+                                [tol, *(t for _, t in others)])
+        peers[trial.trial_id] = (vec, tol)
         if stop:
             _live(self.key)["pruned"].add(trial.trial_id)
             return TrialScheduler.STOP
@@ -176,7 +183,8 @@ def build_scheduler(spec: SweepSpec, key: str):
     es = spec.search.early_stopping
     if es is None:
         return FIFOScheduler()
-    return _ParetoHalving(key, list(es.rungs), es.min_trials, spec.metric_names(), spec.directions())
+    return _ParetoHalving(key, list(es.rungs), es.min_trials, spec.metric_names(), spec.directions(),
+                          spec.tolerances())
 
 
 def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: str, address: str | None,

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sweeps.select import pareto_mask
+from sweeps.select import pareto_mask, tolerance_matrix
 from sweeps.spec import SweepSpec
 
 _STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "STARTING": "dim", "FAILED": "red", "PRUNED": "yellow",
@@ -101,7 +101,10 @@ class LiveView:
         done = [r for r in rows if r.state == "COMPLETE" and all(m in r.metrics for m in metrics)]
         if not done:
             return set()
-        mask = pareto_mask([[r.metrics[m] for m in metrics] for r in done], self.spec.directions())
+        objectives = list(zip(metrics, self.spec.directions(), strict=True))
+        # the tolerant front, as `sweep pareto` shows it: differences within noise do not dominate
+        tol = tolerance_matrix([r.metrics for r in done], objectives, self.spec.tolerances())
+        mask = pareto_mask([[r.metrics[m] for m in metrics] for r in done], self.spec.directions(), tol)
         return {r.number for r, keep in zip(done, mask, strict=True) if keep}
 
 

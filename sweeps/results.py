@@ -15,14 +15,15 @@ from typing import Any
 import numpy as np
 
 from sweeps import registry, store
+from sweeps.policies import DEFAULT_POLICY, choose, objective_aliases
 from sweeps.search import Study
 from sweeps.select import (
-    choose,
+    describe_tolerances,
     hypervolume,
     normalized_hypervolume,
-    objective_aliases,
     pareto_mask,
     reference_point,
+    tolerance_matrix,
 )
 from sweeps.spec import SweepSpec, parse_yaml, validate_dict
 from sweeps.track import Tracker, TrialRecord
@@ -41,6 +42,7 @@ class ParetoReport:
     normalized_hypervolume: float
     plot_path: Path | None
     counts: dict[str, int] = field(default_factory=dict)
+    tolerances: list[str] = field(default_factory=list)  # how each objective's tolerance was resolved
 
     def front_records(self) -> list[TrialRecord]:
         return [r for r, keep in zip(self.records, self.front, strict=True) if keep]
@@ -60,6 +62,19 @@ def complete_records(spec: SweepSpec, tracker: Tracker) -> list[TrialRecord]:
             if r.state == "COMPLETE" and all(m in r.metrics for m in names)]
 
 
+def selection_inputs(spec: SweepSpec, records: list[TrialRecord]):
+    """(metric dicts, objectives, (n, m) tolerances) for `records`: what the front, policies and aliases read."""
+    trials = [r.metrics for r in records]
+    objectives = list(zip(spec.metric_names(), spec.directions(), strict=True))
+    return trials, objectives, tolerance_matrix(trials, objectives, spec.tolerances())
+
+
+def choose_record(spec: SweepSpec, records: list[TrialRecord], policy: str) -> int | None:
+    """Index into `records` of the trial `policy` picks, with the spec's tolerances (as `sweep promote` does)."""
+    trials, objectives, tol = selection_inputs(spec, records)
+    return choose(trials, objectives, policy, tol)
+
+
 def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None) -> ParetoReport | None:
     store.safe_name(sweep, "sweep name")  # before Tracker(): opening it creates the store and mlflow.db
     tracker = tracker or Tracker()
@@ -69,13 +84,16 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
     if not records:
         return None
     names, directions = spec.metric_names(), spec.directions()
+    trials, objectives, tol = selection_inputs(spec, records)
     values = np.array([[r.metrics[m] for m in names] for r in records], dtype=float)
-    mask = pareto_mask(values, directions)
+    # The tolerant front (differences within noise do not dominate); the hypervolume is that of its points.
+    # Reference and ideal come from all complete trials, so they do not move with the tolerances.
+    mask = pareto_mask(values, directions, tol)
     ref = reference_point(values, directions)
     ideal = np.array([values[:, i].max() if d == "maximize" else values[:, i].min()
                       for i, d in enumerate(directions)])
-    hv = hypervolume(values, directions, ref)
-    nhv = normalized_hypervolume(values, directions, ref, ideal)
+    hv = hypervolume(values, directions, ref, tol)
+    nhv = normalized_hypervolume(values, directions, ref, ideal, tol)
     counts: dict[str, int] = {}
     for r in all_records:
         counts[r.state] = counts.get(r.state, 0) + 1
@@ -84,18 +102,19 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
     if plot:
         from sweeps.plot import pareto_plot
 
-        chosen = choose([r.metrics for r in records], list(zip(names, directions, strict=True)), "knee")
+        chosen = choose(trials, objectives, DEFAULT_POLICY, tol)  # the star: what `sweep promote` would pick
         plot_path = store.store_dir() / "plots" / f"{spec.name}-pareto.png"
         plot_path.parent.mkdir(parents=True, exist_ok=True)
         pareto_plot([{**r.metrics, "trial_number": r.trial_number} for r in records],
-                    list(zip(names, directions, strict=True)), list(mask), chosen, plot_path,
+                    objectives, list(mask), chosen, plot_path,
                     title=f"sweep {spec.name}")
         if parent:
             tracker.log_artifact(parent, plot_path)
     if parent:
         tracker.log_metrics(parent, {"hypervolume": hv, "hypervolume_normalized": nhv,
                                      "front_size": float(mask.sum()), "trials_complete": float(len(records))})
-    return ParetoReport(spec, records, list(mask), hv, nhv, plot_path, counts)
+    return ParetoReport(spec, records, mask.tolist(), hv, nhv, plot_path, counts,
+                        describe_tolerances(trials, objectives, spec.tolerances()))
 
 
 # Held-out figures a promotion prints; zero_shot_* are the untuned base's on the same split (instruction task).
@@ -120,7 +139,9 @@ class Promotion:
 
 def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] | None = None,
                   tracker: Tracker | None = None, per_objective: bool = True) -> Promotion:
-    """Choose by `policy`, register the chosen adapter (alias champion) and each objective's best front point."""
+    """Choose by `policy`, register the chosen adapter (alias champion) and each objective's best front point.
+
+    Both read the spec's tolerances (sweeps.select.tolerance_matrix): the front they choose from is tolerant."""
     store.safe_name(name, "model name")  # before Tracker(): opening it creates the store and mlflow.db
     store.safe_name(sweep, "sweep name")
     tracker = tracker or Tracker()
@@ -128,13 +149,13 @@ def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] |
     records = complete_records(spec, tracker)
     if not records:
         raise PromotionError(f"sweep {sweep!r} has no completed trials to promote")
-    objectives = list(zip(spec.metric_names(), spec.directions(), strict=True))
-    chosen = choose([r.metrics for r in records], objectives, policy)
+    trials, objectives, tol = selection_inputs(spec, records)
+    chosen = choose(trials, objectives, policy, tol)
     if chosen is None:
         raise PromotionError(f"no completed trial of {sweep!r} satisfies the policy {policy!r}")
     by_index: dict[int, list[str]] = {chosen: ["champion", *(extra_aliases or [])]}
     if per_objective:
-        for alias, idx in objective_aliases([r.metrics for r in records], objectives).items():
+        for alias, idx in objective_aliases(trials, objectives, tol).items():
             by_index.setdefault(idx, []).append(alias)
     study = Study(spec, store.study_storage(spec.infra.study_storage))
     sampled = {t.number: t.params for t in study.trials()}

@@ -1,4 +1,5 @@
-"""Multi-objective selection: Pareto fronts, hypervolume, policies, registry aliases, early stopping.
+"""Multi-objective selection: tolerances, Pareto fronts, hypervolume and early stopping (policies and registry
+aliases live in sweeps/policies.py and are re-exported here).
 
 Everything here is a pure function over plain metric dicts / numpy arrays (numpy is the only third-party
 import), so the same code ranks finished sweeps, picks the trial to promote and decides early stopping.
@@ -9,6 +10,17 @@ Conventions
   flipped to *minimise* (``value * -1`` for maximise) so all comparisons read "smaller is better".
 * A NaN metric (a diverged or failed trial) is treated as the worst possible value (+inf after the flip):
   it can never dominate anything, and it is dominated by every finite point that is no worse elsewhere.
+* ``tolerances`` (optional everywhere; None = exact) are absolute, non-negative, in each metric's units, one
+  per point and objective (an (n, m) array, or anything that broadcasts to it).  Why: on a 120-row validation
+  split macro-F1 differences of .02-.05 are within one standard error and peak memory moves by a fraction of a
+  MB between identical runs; the exact rule lets such noise decide who is on the front.  A pair is compared
+  with the larger of its two points' tolerances, per objective:
+
+      i dominates j  iff  x_i <= x_j + tol  on every objective  and  x_i < x_j - tol  on at least one.
+
+  With every tolerance 0 this is the strict rule.  It is not transitive: with three or more objectives a cycle
+  (A dominates B dominates C dominates A) can leave no point undominated; the front then falls back to the
+  strict front.  (With two objectives no cycle exists: each step of one would need a positive coordinate sum.)
 """
 
 from __future__ import annotations
@@ -16,16 +28,118 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 DIRECTIONS = ("maximize", "minimize")
-POLICY_GRAMMAR = (
-    'policy := selector [";" constraint]* ; selector := "knee" | "max:<metric>" | "min:<metric>" | '
-    '"weights:<metric>=<w>[,<metric>=<w>]*" ; constraint := <metric> (<=|<|>=|>|==) <number>   '
-    'e.g. "max:macro_f1;peak_memory_mb<=300;trainable_params<200000"'
-)
+
+
+# -------------------------------------------------------------------------------------- tolerances
+# An objective without a stated tolerance: one standard error when the trials report `<metric>_se`, else this
+# fraction of each value (peak memory moves ~1-3% between identical runs: allocator, threads, sampling), else 0.
+DEFAULT_RELATIVE = {"peak_memory_mb": 0.05, "peak_memory_bytes": 0.05}
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+
+
+def parse_tolerance(value: Any) -> tuple[str, float] | None:
+    """A stated tolerance -> ("abs", x) for a number >= 0, ("rel", f) for "p%" (f = p / 100), None for None.
+
+    The ValueError names neither the value nor the field: sweeps.spec (pydantic) and `tolerance_matrix` add them.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a tolerance is a number or a percentage, not a boolean")
+    if isinstance(value, int | float | np.integer | np.floating):
+        x = float(value)
+        if not math.isfinite(x) or x < 0:
+            raise ValueError("an absolute tolerance must be a finite number >= 0 in the metric's units")
+        return ("abs", x)
+    if isinstance(value, str):
+        m = _PERCENT.match(value)
+        if not m:
+            raise ValueError("a tolerance is a number >= 0 in the metric's units or a percentage like '5%'")
+        pct = float(m[1])
+        if pct > 100:
+            raise ValueError("a relative tolerance must be at most 100%")
+        return ("rel", pct / 100)
+    raise ValueError(f"a tolerance is a number or a percentage like '5%', not a {type(value).__name__}")
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _rule(name: str, stated: Any, trials: list[dict]) -> tuple[str, float]:
+    """("abs", x) | ("rel", f) | ("se", fallback fraction): how `name`'s tolerance is resolved."""
+    try:
+        parsed = parse_tolerance(stated)
+    except ValueError as exc:
+        raise ValueError(f"tolerance of {name}: {exc} (got {stated!r})") from None
+    if parsed is not None:
+        return parsed
+    if any(math.isfinite(_num(t.get(f"{name}_se"))) for t in trials):
+        return ("se", DEFAULT_RELATIVE.get(name, 0.0))
+    if name in DEFAULT_RELATIVE:
+        return ("rel", DEFAULT_RELATIVE[name])
+    return ("abs", 0.0)
+
+
+def tolerance_matrix(
+    trials: list[dict[str, Any]], objectives: list[tuple[str, str]], stated: Sequence[Any] | None = None
+) -> np.ndarray:
+    """(n, m) absolute per-point tolerances for `trials` (metric dicts) on `objectives`.
+
+    `stated[j]` (the spec's `objectives[j].tolerance`): a number (absolute), "p%" (of each trial's own
+    |value|), or None for the default: one standard error where a trial reports `<metric>_se` (a trial lacking
+    it falls back as below), p% of the value for peak_memory_mb / peak_memory_bytes (5%), otherwise 0 (exact).
+    A missing or NaN value gets 0: NaN is the worst value anyway.
+    """
+    stated = [None] * len(objectives) if stated is None else list(stated)
+    if len(stated) != len(objectives):
+        raise ValueError(f"{len(stated)} tolerance(s) given for {len(objectives)} objective(s)")
+    out = np.zeros((len(trials), len(objectives)))
+    for j, ((name, _), s) in enumerate(zip(objectives, stated, strict=True)):
+        kind, x = _rule(name, s, trials)
+        vals = np.array([_num(t.get(name)) for t in trials])
+        rel = x * np.abs(vals) if kind in ("rel", "se") else np.full(len(trials), x)
+        if kind == "se":
+            se = np.array([_num(t.get(f"{name}_se")) for t in trials])
+            rel = np.where(np.isfinite(se) & (se >= 0), se, rel)
+        out[:, j] = rel
+    return np.where(np.isfinite(out) & (out > 0), out, 0.0)
+
+
+def _shown(x: float, name: str) -> str:
+    unit = " MB" if name.endswith("_mb") else " bytes" if name.endswith("_bytes") else ""
+    return (f"{x:.3g}" if abs(x) < 1000 else f"{x:,.0f}") + unit
+
+
+def describe_tolerances(
+    trials: list[dict[str, Any]], objectives: list[tuple[str, str]], stated: Sequence[Any] | None = None
+) -> list[str]:
+    """One line per objective saying how its tolerance was resolved, e.g. "macro_f1: 1 SE (macro_f1_se, median
+    0.041)", "peak_memory_mb: 5% (median 14.2 MB)", "trainable_params: exact"."""
+    stated = [None] * len(objectives) if stated is None else list(stated)
+    tol = tolerance_matrix(trials, objectives, stated)
+    lines = []
+    for j, ((name, _), s) in enumerate(zip(objectives, stated, strict=True)):
+        kind, x = _rule(name, s, trials)
+        med = _shown(float(np.median(tol[:, j])), name) if len(trials) else "n/a"
+        if kind == "se":
+            have = sum(math.isfinite(_num(t.get(f"{name}_se"))) for t in trials)
+            fallback = f"{x * 100:g}%" if x else "exact"
+            part = "" if have == len(trials) else f"; {len(trials) - have} trial(s) without it: {fallback}"
+            lines.append(f"{name}: 1 SE ({name}_se, median {med}{part})")
+        elif kind == "rel":
+            lines.append(f"{name}: {x * 100:g}% (median {med})")
+        else:
+            lines.append(f"{name}: exact" if x == 0 else f"{name}: {_shown(x, name)} (absolute)")
+    return lines
 
 
 # ------------------------------------------------------------------------------- dominance / front
@@ -45,31 +159,62 @@ def _to_min(values, directions: Sequence[str]) -> np.ndarray:
     return np.where(np.isnan(out), np.inf, out)
 
 
-def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str]) -> bool:
-    """True if `a` is no worse than `b` in every objective and strictly better in at least one."""
+def _tols(tolerances, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Validate `tolerances` and broadcast them to `shape` (None stays None: the exact rule)."""
+    if tolerances is None:
+        return None
+    t = np.asarray(tolerances, dtype=float)
+    try:
+        t = np.broadcast_to(t, shape)
+    except ValueError:
+        raise ValueError(f"tolerances of shape {t.shape} do not fit values of shape {shape}") from None
+    if not np.all(np.isfinite(t) & (t >= 0)):
+        raise ValueError("tolerances must be finite and >= 0")
+    return t
+
+
+def dominates(a: Sequence[float], b: Sequence[float], directions: Sequence[str], tolerances=None) -> bool:
+    """True if `a` is no worse than `b` in every objective and strictly better in at least one.
+
+    `tolerances`: (m,) for both points or (2, m) for a's and b's (the larger counts): see the module docstring.
+    """
     x, y = _to_min(a, directions), _to_min(b, directions)
-    return bool(np.all(x <= y) and np.any(x < y))
+    t = _tols(tolerances, (2, x.size))
+    pair = np.zeros(x.size) if t is None else t.max(axis=0)
+    return bool(np.all(x <= y + pair) and np.any(x < y - pair))
 
 
-def _front_min(v: np.ndarray) -> np.ndarray:
-    """Non-dominated mask of rows of an (n, m) minimisation-space array; O(n^2 m), chunked to bound memory."""
+def _front_min(v: np.ndarray, tol: np.ndarray | None = None) -> np.ndarray:
+    """Non-dominated mask of rows of an (n, m) minimisation-space array under per-point tolerances `tol` (None =
+    exact), without the cycle fallback; O(n^2 m), chunked to bound memory."""
     n = v.shape[0]
     dominated = np.zeros(n, dtype=bool)
     chunk = max(1, 4_000_000 // max(1, n * v.shape[1]))
     for s in range(0, n, chunk):
         c = v[s : s + chunk]  # candidates i; compare against all j: j dominates i
-        le = np.all(v[None, :, :] <= c[:, None, :], axis=2)
-        lt = np.any(v[None, :, :] < c[:, None, :], axis=2)
+        t = 0.0 if tol is None else np.maximum(tol[None, :, :], tol[s : s + chunk, None, :])
+        le = np.all(v[None, :, :] <= c[:, None, :] + t, axis=2)
+        lt = np.any(v[None, :, :] < c[:, None, :] - t, axis=2)
         dominated[s : s + chunk] = np.any(le & lt, axis=1)
     return ~dominated  # equal rows never dominate each other, so duplicates of a front point are all kept
 
 
-def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """(n, m) -> bool mask (n,) of the non-dominated rows (duplicates of a front point are all kept)."""
+def _tolerant_front(v: np.ndarray, tol: np.ndarray | None) -> np.ndarray:
+    """The front under `tol`; the strict front if a dominance cycle leaves nothing (see the module docstring)."""
+    mask = _front_min(v, tol)
+    return mask if tol is None or mask.any() or v.shape[0] == 0 else _front_min(v)
+
+
+def pareto_mask(values: np.ndarray, directions: Sequence[str], tolerances=None) -> np.ndarray:
+    """(n, m) -> bool mask (n,) of the non-dominated rows (duplicates of a front point are all kept).
+
+    With `tolerances` ((n, m) absolute, see the module docstring) a row is kept unless another row beats it by
+    more than the tolerance on some objective without being worse by more than it on any.
+    """
     v = np.asarray(values, dtype=float)
     if v.ndim != 2:
         raise ValueError(f"values must be 2-D (n trials, m objectives), got shape {v.shape}")
-    return _front_min(_to_min(v, directions))
+    return _tolerant_front(_to_min(v, directions), _tols(tolerances, v.shape))
 
 
 # ------------------------------------------------------------------------------------- hypervolume
@@ -101,10 +246,13 @@ def _hv_min(p: np.ndarray, r: np.ndarray) -> float:
     return float(total)
 
 
-def hypervolume(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
+def hypervolume(values: np.ndarray, directions: Sequence[str], reference: Sequence[float], tolerances=None) -> float:
     """Exact volume dominated by `values` and bounded by `reference` (which should be worse than every point).
 
-    Points not strictly better than the reference in every objective add nothing and are ignored.
+    Points not strictly better than the reference in every objective add nothing and are ignored.  With
+    `tolerances` only the points on the tolerant front count: a point beaten beyond noise on one objective adds
+    no volume for being within noise better on another (e.g. 0.3 MB less memory), so the hypervolume of a sweep
+    is that of its tolerant front.  Without them (or all 0) it is the usual hypervolume.
     """
     v = np.asarray(values, dtype=float)
     if v.ndim != 2:
@@ -113,6 +261,9 @@ def hypervolume(values: np.ndarray, directions: Sequence[str], reference: Sequen
     r = _to_min(np.asarray(reference, dtype=float), directions)
     if not np.all(np.isfinite(r)):
         raise ValueError(f"reference point must be finite, got {list(reference)}")
+    t = _tols(tolerances, v.shape)
+    if t is not None:
+        p = p[_tolerant_front(p, t)]
     return _hv_min(p[np.all(p < r, axis=1)], r)
 
 
@@ -129,213 +280,59 @@ def reference_point(values, directions: Sequence[str], margin: float = 0.1) -> n
     return (worst + margin * span) * _signs(directions)  # back to the caller's orientation
 
 
-def normalized_hypervolume(values, directions: Sequence[str], reference, ideal) -> float:
+def normalized_hypervolume(values, directions: Sequence[str], reference, ideal, tolerances=None) -> float:
     """HV after mapping each objective affinely so `ideal` -> 0 and `reference` -> 1 (result in [0, 1]).
 
-    Lets sweeps measured in different units (MB vs parameters vs F1) be compared on one scale.
+    Lets sweeps measured in different units (MB vs parameters vs F1) be compared on one scale.  `tolerances`
+    (in the original units): only the tolerant front counts, as in `hypervolume`.
     """
-    p = _to_min(values, directions)
     r = _to_min(np.asarray(reference, dtype=float), directions)
+    p = _to_min(values, directions).reshape(-1, r.size)
     i = _to_min(np.asarray(ideal, dtype=float), directions)
     if np.any(r <= i):
         raise ValueError(f"reference {list(reference)} must be strictly worse than ideal {list(ideal)}")
-    scaled = (p.reshape(-1, r.size) - i) / (r - i)
+    t = _tols(tolerances, p.shape)
+    if t is not None:
+        p = p[_tolerant_front(p, t)]
+    scaled = (p - i) / (r - i)
     return hypervolume(scaled, ["minimize"] * r.size, np.ones(r.size))
-
-
-# ---------------------------------------------------------------------------------------- policies
-_OPS = {"<=": np.less_equal, "<": np.less, ">=": np.greater_equal, ">": np.greater, "==": np.equal}
-_NAME = r"[A-Za-z_][\w.\-/]*"
-_CONSTRAINT_RE = re.compile(rf"^\s*({_NAME})\s*(<=|>=|==|<|>)\s*(\S+)\s*$")
-
-
-@dataclass(frozen=True)
-class Constraint:
-    metric: str
-    op: str  # one of <=, <, >=, >, ==
-    value: float
-
-    def holds(self, x: float) -> bool:
-        return bool(_OPS[self.op](x, self.value))
-
-
-@dataclass(frozen=True)
-class Policy:
-    kind: str  # "knee" | "max" | "min" | "weights"
-    metric: str | None = None  # for max / min
-    weights: dict[str, float] = field(default_factory=dict)  # for weights
-    constraints: tuple[Constraint, ...] = ()
-
-    def metrics(self) -> list[str]:
-        names = [self.metric] if self.metric else []
-        names += list(self.weights) + [c.metric for c in self.constraints]
-        return list(dict.fromkeys(names))
-
-
-def _number(text: str, what: str, policy: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        x = math.nan
-    if not math.isfinite(x):
-        msg = f"bad policy {policy!r}: {what} {text!r} is not a finite number"
-        raise ValueError(f"{msg}. Grammar: {POLICY_GRAMMAR}")
-    return x
-
-
-def parse_policy(text: str) -> Policy:
-    """Parse a selection policy string (see POLICY_GRAMMAR); raises ValueError saying what is wrong."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"empty selection policy. Grammar: {POLICY_GRAMMAR}")
-
-    def fail(msg: str) -> ValueError:
-        return ValueError(f"bad policy {text!r}: {msg}. Grammar: {POLICY_GRAMMAR}")
-
-    head, *rest = [s.strip() for s in text.split(";")]
-    constraints = []
-    for part in filter(None, rest):  # tolerate a trailing ";"
-        m = _CONSTRAINT_RE.match(part)
-        if not m:
-            raise fail(f"constraint {part!r} is not '<metric> <op> <number>' with op in {list(_OPS)}")
-        constraints.append(Constraint(m[1], m[2], _number(m[3], "constraint bound", text)))
-    kind, sep, arg = (s.strip() for s in head.partition(":"))
-    if kind == "knee" and not sep:
-        return Policy("knee", constraints=tuple(constraints))
-    if kind in ("max", "min") and sep:
-        if not re.fullmatch(_NAME, arg):
-            raise fail(f"{kind}: needs a metric name, got {arg!r}")
-        return Policy(kind, metric=arg, constraints=tuple(constraints))
-    if kind == "weights" and sep:
-        weights: dict[str, float] = {}
-        for item in (s.strip() for s in arg.split(",")):
-            name, eq, w = (s.strip() for s in item.partition("="))
-            if not eq or not re.fullmatch(_NAME, name):
-                raise fail(f"weight {item!r} is not '<metric>=<number>'")
-            if name in weights:
-                raise fail(f"metric {name!r} weighted twice")
-            weights[name] = _number(w, f"weight of {name!r}", text)
-        if not any(weights.values()):
-            raise fail("at least one weight must be non-zero")
-        return Policy("weights", weights=weights, constraints=tuple(constraints))
-    raise fail(f"unknown selector {head!r}")
-
-
-def _matrix(trials: list[dict[str, float]], names: Sequence[str]) -> np.ndarray:
-    """(n, len(names)) float matrix; a metric missing from a trial is NaN; unknown metrics -> ValueError."""
-    known = set().union(*(t.keys() for t in trials)) if trials else set()
-    missing = [k for k in names if k not in known]
-    if missing:
-        raise ValueError(f"metric(s) {missing} not found in any trial; metrics that exist: {sorted(known)}")
-    return np.array([[float(t.get(k, math.nan)) for k in names] for t in trials], dtype=float).reshape(
-        len(trials), len(names)
-    )
-
-
-def _best_on(idx: np.ndarray, key: np.ndarray, tiebreak: np.ndarray) -> int:
-    """Index (from `idx`) minimising `key`; ties -> columns of `tiebreak` in order, then lowest index."""
-    order = np.lexsort((idx, *tiebreak.T[::-1], key))  # lexsort's primary key is the last one
-    return int(idx[order[0]])
-
-
-def choose(trials: list[dict[str, float]], objectives: list[tuple[str, str]], policy: str | Policy) -> int | None:
-    """Index of the trial picked by `policy` among the Pareto front of the constraint-satisfying trials.
-
-    A trial lacking (or NaN on) any objective or policy metric is not a candidate.  Returns None when no
-    trial is feasible.  Selectors:
-      knee          front point nearest (Euclidean) to the ideal corner after min-max scaling each objective
-                    over the feasible trials to [0, 1] (0 = best); ties -> lowest index.
-      max/min:<m>   best front point on <m> (which need not be an objective); ties -> the objectives in order.
-      weights:...   maximise sum_i w_i * s_i, where s_i maps metric i min-max over the feasible trials
-                    to [0, 1] with 1 = best per its objective direction; a metric that is not an objective
-                    is taken as "maximize" (give it a negative weight to prefer low values).  A constant
-                    metric scores 0 everywhere.
-    """
-    pol = parse_policy(policy) if isinstance(policy, str) else policy
-    if not trials:
-        return None
-    names = [k for k, _ in objectives]
-    dirs = [d for _, d in objectives]
-    _signs(dirs)
-    extra = [k for k in pol.metrics() if k not in names]
-    mat = _matrix(trials, names + extra)
-    col = {k: j for j, k in enumerate(names + extra)}
-    needed = names + [k for k in ([pol.metric] if pol.metric else []) + list(pol.weights)]
-    ok = np.all(np.isfinite(mat[:, [col[k] for k in needed]]), axis=1)
-    for c in pol.constraints:
-        x = mat[:, col[c.metric]]
-        ok &= np.isfinite(x) & _OPS[c.op](np.nan_to_num(x, nan=0.0), c.value)
-    feas = np.flatnonzero(ok)
-    if feas.size == 0:
-        return None
-    obj = _to_min(mat[feas][:, : len(names)], dirs)
-    front = _front_min(obj)
-    idx, fobj = feas[front], obj[front]
-
-    # min-max over the feasible trials, 0 = best (minimisation space)
-    def scaled(v: np.ndarray) -> np.ndarray:
-        lo, hi = v.min(axis=0), v.max(axis=0)
-        return np.divide(v - lo, hi - lo, out=np.zeros_like(v), where=hi > lo)
-
-    if pol.kind == "knee":
-        dist = np.linalg.norm(scaled(obj)[front], axis=1)
-        return int(idx[np.argmin(dist)])  # argmin takes the first minimum: idx is ascending -> lowest index
-    if pol.kind in ("max", "min"):
-        key = mat[idx, col[pol.metric]] * (-1.0 if pol.kind == "max" else 1.0)
-        return _best_on(idx, key, fobj)
-    if pol.kind == "weights":
-        wnames = list(pol.weights)
-        wdirs = [dict(objectives).get(k, "maximize") for k in wnames]
-        s = 1.0 - scaled(_to_min(mat[feas][:, [col[k] for k in wnames]], wdirs))  # 1 = best
-        score = s[front] @ np.array([pol.weights[k] for k in wnames])
-        return int(idx[np.argmax(score)])
-    raise ValueError(f"unknown policy kind {pol.kind!r}; allowed: knee, max, min, weights")
-
-
-# -------------------------------------------------------------------------------- registry aliases
-_SHORT = {  # short alias -> (predicate on metric name, the direction that makes the name true)
-    "pareto-lowmem": (lambda k: k.startswith("peak_memory"), "minimize"),
-    "pareto-small": (lambda k: k == "trainable_params", "minimize"),
-    "pareto-accurate": (lambda k: k in ("macro_f1", "accuracy"), "maximize"),
-}
-
-
-def objective_aliases(trials: list[dict[str, float]], objectives: list[tuple[str, str]]) -> dict[str, int]:
-    """Registry aliases -> trial index: for each objective, the front point best on it.
-
-    Names: "pareto-best-<metric>" (non-alphanumerics -> "-"), plus "pareto-lowmem" (peak_memory_*,
-    minimised), "pareto-small" (trainable_params, minimised), "pareto-accurate" (macro_f1 / accuracy,
-    maximised).  A short name is only given when the direction matches its meaning, and the first
-    objective in order claims it.
-    """
-    out: dict[str, int] = {}
-    for name, direction in objectives:
-        best = choose(trials, objectives, Policy("max" if direction == "maximize" else "min", metric=name))
-        if best is None:
-            continue
-        out["pareto-best-" + re.sub(r"[^A-Za-z0-9-]+", "-", name).strip("-").lower()] = best
-        for alias, (pred, want) in _SHORT.items():
-            if pred(name) and direction == want:
-                out.setdefault(alias, best)
-    return out
 
 
 # ---------------------------------------------------------------------------------- early stopping
 def rung_should_stop(
-    candidate: Sequence[float], peers: Sequence[Sequence[float]], directions: Sequence[str], min_peers: int
+    candidate: Sequence[float], peers: Sequence[Sequence[float]], directions: Sequence[str], min_peers: int,
+    tolerances=None,
 ) -> bool:
     """Multi-objective successive halving: stop `candidate` at a rung only if it is clearly beaten.
 
     Requires >= `min_peers` other results at the same rung (too few -> never stop on noise), the candidate
-    dominated by at least one peer, and off the Pareto front of candidate + peers.  (The last two are the same
-    condition; both are checked to mirror the rule's definition.)  Why: a trial already dominated at a rung
-    rarely climbs onto the final front, while a non-dominated trial is never stopped, so every objective is
-    respected -- unlike single-metric ASHA, which would kill e.g. a low-memory trial for a slightly lower F1.
+    dominated by at least one peer, and off the Pareto front of candidate + peers.  Why: a trial already
+    dominated at a rung rarely climbs onto the final front, while a non-dominated trial is never stopped, so
+    every objective is respected -- unlike single-metric ASHA, which would kill e.g. a low-memory trial for a
+    slightly lower F1.  `tolerances` ((1 + len(peers), m), the candidate's row first; or (m,) for all): a peer
+    must beat the candidate beyond noise.  The two conditions differ only when a tolerant dominance cycle
+    empties the rung's front: the strict front is used then, and a candidate on it is kept.
     """
     c = np.asarray(candidate, dtype=float).reshape(-1)
     p = np.asarray(peers, dtype=float).reshape(-1, c.size)
     if p.shape[0] < max(min_peers, 1):
         return False
-    cm, pm = _to_min(c, directions), _to_min(p, directions)
-    dominated = bool(np.any(np.all(pm <= cm, axis=1) & np.any(pm < cm, axis=1)))
-    on_front = bool(_front_min(np.vstack([cm, pm]))[0])
+    v = np.vstack([_to_min(c, directions), _to_min(p, directions)])
+    t = _tols(tolerances, v.shape)
+    pair = 0.0 if t is None else np.maximum(t[0], t[1:])
+    dominated = bool(np.any(np.all(v[1:] <= v[0] + pair, axis=1) & np.any(v[1:] < v[0] - pair, axis=1)))
+    on_front = bool(_tolerant_front(v, t)[0])
     return dominated and not on_front
+
+
+# ------------------------------------------------------------------ policies (sweeps/policies.py)
+_FROM_POLICIES = ("POLICY_GRAMMAR", "DEFAULT_POLICY", "Constraint", "Policy", "parse_policy", "choose",
+                  "objective_aliases")
+
+
+def __getattr__(name: str):  # PEP 562: `from sweeps.select import choose` keeps working without an import cycle
+    if name in _FROM_POLICIES:
+        from sweeps import policies
+
+        return getattr(policies, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sweeps.params import CLASSIFICATION_METRICS, INSTRUCTION_METRICS, TrialParams
+from sweeps.select import parse_tolerance
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -159,6 +160,21 @@ class Objective(BaseModel):
     model_config = _FROZEN
     metric: str = Field(description="A metric the trial reports, e.g. macro_f1, peak_memory_mb, trainable_params.")
     direction: Literal["maximize", "minimize"] = Field(description="Whether larger or smaller is better.")
+    tolerance: float | str | None = Field(
+        None,
+        description="Differences this small are noise, not dominance (Pareto front, hypervolume, early stopping, "
+        "policies): an absolute number >= 0 in the metric's units (e.g. 0.02 for macro_f1), or a percentage of "
+        "each trial's own value (e.g. '5%'). Unset: one standard error where trials report `<metric>_se` (e.g. "
+        "macro_f1_se); 5% for peak_memory_mb / peak_memory_bytes; otherwise 0 (exact).",
+    )
+
+    @field_validator("tolerance", mode="before")
+    @classmethod
+    def _tolerance(cls, value: Any) -> Any:
+        parsed = parse_tolerance(value)  # ValueError -> a pydantic error at objectives[i].tolerance
+        if parsed is None or parsed[0] == "abs":
+            return None if parsed is None else parsed[1]
+        return f"{parsed[1] * 100:g}%"
 
 
 class Budget(BaseModel):
@@ -203,6 +219,11 @@ class SweepSpec(BaseModel):
 
     def directions(self) -> list[str]:
         return [o.direction for o in self.objectives]
+
+    def tolerances(self) -> list[float | str | None]:
+        """The stated `objectives[i].tolerance`, in objective order (None: resolved per trial by
+        sweeps.select.tolerance_matrix)."""
+        return [o.tolerance for o in self.objectives]
 
 
 # ---------------------------------------------------------------- loading

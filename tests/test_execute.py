@@ -64,6 +64,26 @@ def test_pareto_halving_stops_only_dominated_trials_at_a_rung():
         execute._LIVE.pop("k")
 
 
+def test_pareto_halving_counts_dominance_only_beyond_the_reported_standard_error():
+    spec = validate_dict(parse_yaml(SPEC))
+    execute._LIVE["se"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    try:
+        sched = execute.build_scheduler(spec, "se")
+        trial = lambda i: SimpleNamespace(trial_id=f"t{i}")  # noqa: E731
+        se = lambda r, x: {**r, "macro_f1_se": x}  # noqa: E731
+        for i, (f1, size) in enumerate([(0.5, 100), (0.3, 50)], start=1):
+            assert sched.on_trial_result(None, trial(i), se(_result(1, f1, size), 0.05)) == TrialScheduler.CONTINUE
+        # .04 below trial 1 at the same size: strictly dominated, but within one SE on F1 -> a tie -> kept
+        assert sched.on_trial_result(None, trial(3), se(_result(1, 0.46, 100), 0.05)) == TrialScheduler.CONTINUE
+        # the same report without an SE: a pair is compared with the larger tolerance, trial 1's SE -> kept
+        assert sched.on_trial_result(None, trial(4), _result(1, 0.46, 100)) == TrialScheduler.CONTINUE
+        # clearly below (beyond one SE) and larger -> stopped
+        assert sched.on_trial_result(None, trial(5), se(_result(1, 0.40, 200), 0.05)) == TrialScheduler.STOP
+        assert execute._LIVE["se"]["pruned"] == {"t5"}
+    finally:
+        execute._LIVE.pop("se")
+
+
 def test_a_restarted_trial_is_not_pruned_by_its_own_first_attempt():
     """Ray restarts a trial whose worker died (tests/faults/test_trial_faults.py): it reports the rung again, with
     another measured peak. Its first attempt is not a peer: before the fix it dominated the retry, which stopped."""

@@ -48,3 +48,23 @@ def test_table_shows_epoch_of_total_and_running_time():
                                                   started=time.time() - 130)}, remaining=1))
     console.print(view.render())
     assert "2/3" in out.getvalue() and "2m1" in out.getvalue()
+
+
+def test_live_front_is_the_tolerant_front():
+    """Two trials 0.3 MB apart in memory and two SEs apart in F1: strictly both are on the front; the live view
+    stars only the better one, as `sweep pareto` does."""
+    spec = validate_dict(parse_yaml(SPEC.replace(
+        "objectives: [{metric: macro_f1, direction: maximize}]",
+        "objectives: [{metric: macro_f1, direction: maximize}, {metric: peak_memory_mb, direction: minimize}]")))
+    view = LiveView(spec, Console(file=io.StringIO()), enabled=False)
+    rows = [TrialRow(number=i, params={}, state="COMPLETE", started=0.0) for i in range(2)]
+    rows[0].metrics = {"macro_f1": 0.439, "macro_f1_se": 0.04, "peak_memory_mb": 300.0}
+    rows[1].metrics = {"macro_f1": 0.523, "macro_f1_se": 0.04, "peak_memory_mb": 300.3}
+    assert view._front(rows) == {1}
+    exact = validate_dict(parse_yaml(SPEC.replace(
+        "objectives: [{metric: macro_f1, direction: maximize}]",
+        "objectives: [{metric: macro_f1, direction: maximize}, "
+        "{metric: peak_memory_mb, direction: minimize, tolerance: 0}]")))
+    for r in rows:  # no SE and memory stated exact: trial 0's 0.3 MB less memory keeps it on the front
+        del r.metrics["macro_f1_se"]
+    assert LiveView(exact, Console(file=io.StringIO()), enabled=False)._front(rows) == {0, 1}

@@ -8,19 +8,24 @@ import math
 import numpy as np
 import pytest
 
+from sweeps import policies, select
 from sweeps.plot import pareto_plot
 from sweeps.select import (
+    DEFAULT_POLICY,
     Constraint,
     Policy,
     choose,
+    describe_tolerances,
     dominates,
     hypervolume,
     normalized_hypervolume,
     objective_aliases,
     pareto_mask,
     parse_policy,
+    parse_tolerance,
     reference_point,
     rung_should_stop,
+    tolerance_matrix,
 )
 
 OBJ2 = [("macro_f1", "maximize"), ("peak_memory_mb", "minimize")]
@@ -297,3 +302,259 @@ def test_pareto_plot_without_choice_and_with_missing_values(tmp_path):
     assert out.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="front"):
         pareto_plot(trials, OBJ2, [True], None, tmp_path / "q.png")
+
+
+# ------------------------------------------------------------------------------- noise-aware selection
+# Two trials on a 120-row validation split: B's F1 is .084 better (about two SEs), A uses 0.3 MB less memory.
+# Strictly both are on the front; with tolerances (1 SE on F1, 5% on memory, params exact) B dominates A.
+A_B = [
+    {"macro_f1": 0.439, "macro_f1_se": 0.04, "peak_memory_mb": 300.0, "trainable_params": 100_000},
+    {"macro_f1": 0.523, "macro_f1_se": 0.04, "peak_memory_mb": 300.3, "trainable_params": 100_000},
+]
+
+
+def _values(trials, objectives):
+    return np.array([[t[k] for k, _ in objectives] for t in trials], dtype=float)
+
+
+def test_parse_tolerance():
+    assert parse_tolerance(None) is None
+    assert parse_tolerance(0) == ("abs", 0.0)
+    assert parse_tolerance(0.02) == ("abs", 0.02)
+    assert parse_tolerance("5%") == ("rel", 0.05)
+    assert parse_tolerance(" 2.5 % ") == ("rel", 0.025)
+    for bad, fragment in [(-1, ">= 0"), (math.inf, "finite"), ("abc", "percentage"), ("0.02", "percentage"),
+                          ("150%", "at most 100%"), (True, "boolean"), ([1], "number")]:
+        with pytest.raises(ValueError, match=fragment):
+            parse_tolerance(bad)
+
+
+def test_tolerance_matrix_defaults_stated_and_missing_values():
+    trials = [
+        {"macro_f1": 0.5, "macro_f1_se": 0.04, "peak_memory_mb": 200.0, "trainable_params": 1000},
+        {"macro_f1": 0.6, "peak_memory_mb": 400.0, "trainable_params": 2000},  # no SE: falls back to exact
+        {"macro_f1": math.nan, "macro_f1_se": math.nan, "trainable_params": 10},  # NaN / missing values -> 0
+    ]
+    t = tolerance_matrix(trials, OBJ3)
+    assert t.shape == (3, 3)
+    np.testing.assert_allclose(t, [[0.04, 10.0, 0.0], [0.0, 20.0, 0.0], [0.0, 0.0, 0.0]])
+    stated = tolerance_matrix(trials, OBJ3, [0.02, "10%", 5])  # a stated tolerance wins over the SE
+    np.testing.assert_allclose(stated, [[0.02, 20.0, 5.0], [0.02, 40.0, 5.0], [0.02, 0.0, 5.0]])
+    assert tolerance_matrix(trials, OBJ3, ["50%", None, None])[:2, 0].tolist() == pytest.approx([0.25, 0.3])
+    # peak_memory_bytes defaults to 5% too; anything else without an SE is exact
+    obj = [("peak_memory_bytes", "minimize"), ("accuracy", "maximize")]
+    np.testing.assert_allclose(tolerance_matrix([{"peak_memory_bytes": 2e9, "accuracy": 0.9}], obj), [[1e8, 0.0]])
+    with pytest.raises(ValueError, match="2 tolerance"):
+        tolerance_matrix(trials, OBJ3, [None, None])
+    with pytest.raises(ValueError, match=r"tolerance of peak_memory_mb: .*percentage.*got .five."):
+        tolerance_matrix(trials, OBJ3, [None, "five", None])  # names the objective and the value
+
+
+def test_describe_tolerances():
+    trials = [{**t, "peak_memory_mb": 284.0} for t in A_B]
+    assert describe_tolerances(trials, OBJ3) == [
+        "macro_f1: 1 SE (macro_f1_se, median 0.04)",
+        "peak_memory_mb: 5% (median 14.2 MB)",
+        "trainable_params: exact",
+    ]
+    lines = describe_tolerances([*trials, {"macro_f1": 0.3}], OBJ3, [None, 8, "1%"])
+    assert lines[0] == "macro_f1: 1 SE (macro_f1_se, median 0.04; 1 trial(s) without it: exact)"
+    assert lines[1:] == ["peak_memory_mb: 8 MB (absolute)", "trainable_params: 1% (median 1,000)"]
+
+
+def test_tolerant_dominance_disagrees_with_strict_on_noise():
+    v, dirs = _values(A_B, OBJ3), [d for _, d in OBJ3]
+    tol = tolerance_matrix(A_B, OBJ3)
+    assert pareto_mask(v, dirs).tolist() == [True, True]  # strict: A's 0.3 MB less memory keeps it
+    assert pareto_mask(v, dirs, tol).tolist() == [False, True]
+    assert not dominates(v[1], v[0], dirs) and dominates(v[1], v[0], dirs, tol)
+    assert not dominates(v[0], v[1], dirs, tol)
+    # per-point rows (B's, A's): the pair is compared with the larger of the two rows
+    assert dominates(v[1], v[0], dirs, [[0.0, 15.0, 0.0], [0.0, 0.0, 0.0]])
+    assert not dominates(v[1], v[0], dirs, [[0.0, 0.1, 0.0], [0.0, 0.0, 0.0]])  # 0.3 MB > 0.1 MB: a trade-off
+    assert not dominates(v[1], v[0], dirs, [[0.1, 15.0, 0.0], [0.0, 0.0, 0.0]])  # F1 gap .084 within .1
+    with pytest.raises(ValueError, match="shape"):
+        pareto_mask(v, dirs, np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=">= 0"):
+        pareto_mask(v, dirs, -np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_zero_tolerances_are_the_strict_rule(m):
+    rng = np.random.default_rng(200 + m)
+    dirs = ["maximize", "minimize", "maximize", "minimize"][:m]
+    for v in (rng.normal(size=(60, m)), rng.integers(0, 4, size=(60, m)).astype(float)):
+        v[0, 0] = math.nan
+        zero = np.zeros_like(v)
+        assert (pareto_mask(v, dirs, zero) == pareto_mask(v, dirs)).all()
+        for a, b in itertools.islice(itertools.permutations(range(20), 2), 100):
+            assert dominates(v[a], v[b], dirs, zero[:2]) == dominates(v[a], v[b], dirs)
+        ref = reference_point(v, dirs)
+        assert hypervolume(v, dirs, ref, zero) == pytest.approx(hypervolume(v, dirs, ref))
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_tolerant_front_property_random(m):
+    rng = np.random.default_rng(300 + m)
+    dirs = ["maximize", "minimize", "minimize"][:m]
+    v = rng.normal(size=(50, m))
+    tol = rng.uniform(0, 0.3, size=v.shape)
+    mask = pareto_mask(v, dirs, tol)
+    assert (mask != pareto_mask(v, dirs)).any()  # not vacuous: the tolerances change the front
+    for i in range(len(v)):
+        beaten = any(dominates(v[j], v[i], dirs, tol[[j, i]]) for j in range(len(v)))
+        assert beaten != mask[i]  # on the front iff nothing dominates it beyond the tolerances
+
+
+def test_dominance_cycle_falls_back_to_the_strict_front():
+    # Uniform tolerance 1.1, three objectives: A beats B by 2 on x (B is only 1 better elsewhere), B beats C on y,
+    # C beats A on z -- a cycle, so no point is undominated; D is strictly dominated by all three.
+    v = np.array([[0.0, 0.0, 0.0], [2.0, -1.0, -1.0], [1.0, 1.0, -2.0], [5.0, 5.0, 5.0]])
+    mmm = ["minimize"] * 3
+    tol = np.full(v.shape, 1.1)
+    a, b, c, d = v
+    assert dominates(a, b, mmm, tol[:2]) and dominates(b, c, mmm, tol[:2]) and dominates(c, a, mmm, tol[:2])
+    assert select._tolerant_front(v, None).tolist() == [True, True, True, False]  # the strict front
+    assert pareto_mask(v, mmm, tol).tolist() == [True, True, True, False]  # empty tolerant front -> strict
+    assert choose([dict(zip("xyz", p, strict=True)) for p in v], [(k, "minimize") for k in "xyz"], "knee", tol) != 3
+    # early stopping: A is dominated (by C) but on the fallback front -> kept
+    assert rung_should_stop(a, [b, c], mmm, min_peers=2, tolerances=1.1) is False
+    assert rung_should_stop(d, [a, b, c], mmm, min_peers=2, tolerances=1.1) is True
+
+
+def test_hypervolume_counts_only_the_tolerant_front():
+    objectives = OBJ2
+    v, dirs = _values(A_B, objectives), ["maximize", "minimize"]
+    tol = tolerance_matrix(A_B, objectives)
+    ref = [0.4, 301.0]
+    # strict: B's box 0.084 x 0.7 plus A's 0.039 x 1.0; tolerant: B alone, 0.123 x 0.7
+    assert hypervolume(v, dirs, ref) == pytest.approx(0.084 * 0.7 + 0.039 * 1.0)
+    assert hypervolume(v, dirs, ref, tol) == pytest.approx(0.123 * 0.7)
+    ideal = [0.6, 299.0]
+    assert normalized_hypervolume(v, dirs, ref, ideal, tol) == pytest.approx(
+        normalized_hypervolume(v[1:], dirs, ref, ideal))
+    assert normalized_hypervolume(v, dirs, ref, ideal, tol) < normalized_hypervolume(v, dirs, ref, ideal)
+
+
+def test_policies_and_aliases_use_the_tolerant_front():
+    tol = tolerance_matrix(A_B, OBJ3)
+    assert choose(A_B, OBJ3, "min:peak_memory_mb") == 0
+    assert choose(A_B, OBJ3, "min:peak_memory_mb", tol) == 1  # A is off the tolerant front
+    assert objective_aliases(A_B, OBJ3)["pareto-lowmem"] == 0
+    assert objective_aliases(A_B, OBJ3, tol) == {
+        "pareto-best-macro-f1": 1, "pareto-accurate": 1, "pareto-best-peak-memory-mb": 1, "pareto-lowmem": 1,
+        "pareto-best-trainable-params": 1, "pareto-small": 1,
+    }
+
+
+# b: best F1; c: within one SE of it, less than half the memory but 3x the parameters; d: cheap and poor.
+ONE_SE = [
+    {"macro_f1": 0.52, "macro_f1_se": 0.04, "peak_memory_mb": 900.0, "trainable_params": 100_000, "acc": 0.7},
+    {"macro_f1": 0.50, "macro_f1_se": 0.04, "peak_memory_mb": 400.0, "trainable_params": 300_000, "acc": 0.8},
+    {"macro_f1": 0.30, "macro_f1_se": 0.04, "peak_memory_mb": 200.0, "trainable_params": 20_000, "acc": 0.6},
+]
+
+
+def test_parse_policy_1se():
+    assert parse_policy("1se") == Policy("1se") == parse_policy(" one-se ")
+    p = parse_policy("1se:accuracy;peak_memory_mb<=300")
+    assert p == Policy("1se", metric="accuracy", constraints=(Constraint("peak_memory_mb", "<=", 300.0),))
+    assert parse_policy("one-se:macro_f1").metric == "macro_f1"
+    with pytest.raises(ValueError, match="needs a metric"):
+        parse_policy("1se:")
+    with pytest.raises(ValueError, match="unknown selector"):
+        parse_policy("2se")
+    assert DEFAULT_POLICY == "1se" and "1se" in policies.POLICY_GRAMMAR
+
+
+def test_1se_picks_the_cheaper_trial_within_one_se():
+    tol = tolerance_matrix(ONE_SE, OBJ3)
+    assert pareto_mask(_values(ONE_SE, OBJ3), ["maximize", "minimize", "minimize"], tol).all()
+    assert choose(ONE_SE, OBJ3, "max:macro_f1", tol) == 0
+    # knee distances (scaled, 0 = best): b 1.039, c 1.044, d 1.0
+    assert choose(ONE_SE, OBJ3, "knee", tol) == 2
+    assert choose(ONE_SE, OBJ3, "1se", tol) == 1  # .50 >= .52 - .04, and 400 MB is clearly below 900 MB
+    assert choose(ONE_SE, OBJ3, "one-se") == 1  # the SE is read from the trials even without tolerances
+    assert choose(ONE_SE, OBJ3, DEFAULT_POLICY, tol) == 1
+    # a smaller SE of the best trial: c is no longer within one SE
+    tight = [{**ONE_SE[0], "macro_f1_se": 0.01}, *ONE_SE[1:]]
+    assert choose(tight, OBJ3, "1se", tolerance_matrix(tight, OBJ3)) == 0
+    # constraints first: among b and d only b is within one SE of the feasible best (b)
+    assert choose(ONE_SE, OBJ3, "1se;trainable_params<=150000", tol) == 0
+    assert choose(ONE_SE, OBJ3, "1se;peak_memory_mb<=300", tol) == 2
+    assert choose(ONE_SE, OBJ3, "1se;peak_memory_mb<100", tol) is None
+    # a metric that is not an objective: acc's best is c (no acc_se -> exact), then costs decide nothing
+    assert choose(ONE_SE, OBJ3, "1se:acc", tol) == 1
+
+
+def test_1se_without_an_se_falls_back_to_the_objective_tolerance_or_exact():
+    plain = [{k: v for k, v in t.items() if k != "macro_f1_se"} for t in ONE_SE]
+    assert choose(plain, OBJ3, "1se") == 0  # exact: only the best F1 is in the band
+    assert choose(plain, OBJ3, "1se", tolerance_matrix(plain, OBJ3, [0.03, None, None])) == 1
+    assert choose(plain, OBJ3, "1se", tolerance_matrix(plain, OBJ3, [0.01, None, None])) == 0
+
+
+def test_1se_cost_ties_within_tolerance_go_to_the_next_objective():
+    # b: best, SE .10 (band >= .50); t1 and t2 in the band with small SEs (t1 beats t2 on F1 beyond noise, so
+    # both are on the tolerant front); their memory differs by 5 MB (within 5%) -> params decide -> t2.
+    trials = [
+        {"macro_f1": 0.60, "macro_f1_se": 0.10, "peak_memory_mb": 900.0, "trainable_params": 900_000},
+        {"macro_f1": 0.58, "macro_f1_se": 0.01, "peak_memory_mb": 400.0, "trainable_params": 300_000},
+        {"macro_f1": 0.51, "macro_f1_se": 0.01, "peak_memory_mb": 405.0, "trainable_params": 100_000},
+    ]
+    tol = tolerance_matrix(trials, OBJ3)
+    assert pareto_mask(_values(trials, OBJ3), ["maximize", "minimize", "minimize"], tol).tolist() == [
+        False, True, True]
+    assert choose(trials, OBJ3, "1se", tol) == 2
+    assert choose(trials, OBJ3, "1se") == 1  # exact costs: 400 MB < 405 MB
+    # full tie on every cost -> the higher metric, then the lowest index (F1s within their SE: all on the front)
+    same = [{**trials[1], "macro_f1": f, "macro_f1_se": 0.02} for f in (0.57, 0.58, 0.58)]
+    tol = tolerance_matrix(same, OBJ3)
+    assert pareto_mask(_values(same, OBJ3), ["maximize", "minimize", "minimize"], tol).all()
+    assert choose(same, OBJ3, "1se", tol) == 1
+
+
+def test_1se_metric_defaults_and_a_named_metric():
+    obj = [("peak_memory_mb", "minimize"), ("trainable_params", "minimize")]
+    # no maximised objective (e.g. loss, memory): the first objective is the metric, in its direction
+    loss = [{"loss": x, "loss_se": 0.1, "peak_memory_mb": m} for x, m in [(1.0, 900.0), (1.05, 400.0), (1.3, 200.0)]]
+    assert choose(loss, [("loss", "minimize"), ("peak_memory_mb", "minimize")], "1se") == 1
+    assert choose(loss, [("loss", "minimize"), ("peak_memory_mb", "minimize")], "min:loss") == 0
+    with pytest.raises(ValueError, match="1se:macro_f1"):
+        choose(TRIALS, [], "1se")
+    # maximised when not an objective.  Trial 4 strictly dominates all others on (memory, params), so no front
+    # trial is within 0 of the best F1 (.70, trial 2): the band is anchored on the best front trial instead.
+    assert choose(TRIALS, obj, "1se:macro_f1") == 4
+    assert choose(TRIALS, OBJ2, "1se") == choose(TRIALS, OBJ2, "max:macro_f1") == 2  # no SE, no tolerance
+
+
+def test_rung_should_stop_with_tolerances():
+    d = ["maximize", "minimize"]
+    cand, peer = [0.50, 300.0], [0.52, 299.0]
+    assert rung_should_stop(cand, [peer], d, min_peers=1) is True  # strictly dominated by noise
+    assert rung_should_stop(cand, [peer], d, min_peers=1, tolerances=[0.04, 15.0]) is False
+    # per-point rows (candidate first): the peer's SE alone is enough to make it a tie
+    assert rung_should_stop(cand, [peer], d, 1, tolerances=[[0.0, 15.0], [0.04, 0.0]]) is False
+    assert rung_should_stop(cand, [peer, [0.60, 200.0]], d, 1, tolerances=[0.04, 15.0]) is True  # clearly beaten
+    with pytest.raises(ValueError, match="shape"):
+        rung_should_stop(cand, [peer], d, 1, tolerances=np.zeros((3, 2)))
+
+
+def test_1se_pick_is_on_the_tolerant_front_random():
+    rng = np.random.default_rng(5)
+    dirs = [d for _, d in OBJ3]
+    for _ in range(30):
+        n = int(rng.integers(2, 25))
+        trials = [{"macro_f1": f, "macro_f1_se": s, "peak_memory_mb": m, "trainable_params": p}
+                  for f, s, m, p in zip(rng.uniform(0.2, 0.6, n), rng.uniform(0.0, 0.06, n),
+                                        rng.uniform(200, 400, n), rng.choice([1e4, 2e4, 4e4], n), strict=True)]
+        tol = tolerance_matrix(trials, OBJ3)
+        front = pareto_mask(_values(trials, OBJ3), dirs, tol)
+        pick = choose(trials, OBJ3, "1se", tol)
+        assert front[pick]
+        f1 = np.array([t["macro_f1"] for t in trials])
+        band = [i for i in np.flatnonzero(front) if f1[i] >= f1.max() - trials[int(np.argmax(f1))]["macro_f1_se"]]
+        if band:  # the pick is within one SE of the best and no band member is cheaper beyond tolerance
+            assert pick in band
+            mem = min(trials[i]["peak_memory_mb"] for i in band)
+            assert trials[pick]["peak_memory_mb"] <= mem + max(tol[pick, 1], tol[band, 1].max())

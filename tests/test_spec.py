@@ -168,3 +168,21 @@ def test_alpha_ratio_and_layers():
     assert resolve_layers("1-2", 6) == [1, 2]
     with pytest.raises(ValueError, match="6 blocks"):
         resolve_layers("4-9", 6)
+
+
+def test_objective_tolerance_absolute_relative_or_unset():
+    text = BASE.replace("  - {metric: macro_f1, direction: maximize}",
+                        "  - {metric: macro_f1, direction: maximize, tolerance: 0.02}\n"
+                        "  - {metric: peak_memory_mb, direction: minimize, tolerance: ' 2.5 %'}\n"
+                        "  - {metric: trainable_params, direction: minimize}\n"
+                        "  - {metric: accuracy, direction: maximize, tolerance: 0}")
+    spec = validate_dict(parse_yaml(text))
+    assert spec.tolerances() == [0.02, "2.5%", None, 0.0]
+    assert "tolerance" in json_schema()["$defs"]["Objective"]["properties"]
+
+
+@pytest.mark.parametrize("bad, fragment", [(-0.01, ">= 0"), ("abc", "percentage like '5%'"), ("150%", "100%"),
+                                           (".inf", "finite"), ("true", "boolean")])
+def test_objective_tolerance_refused_with_its_field_path(bad, fragment):
+    issues = _issues(BASE.replace("direction: maximize}", f"direction: maximize, tolerance: {bad}}}"))
+    assert any(i.startswith("objectives[0].tolerance") and fragment in i for i in issues), issues

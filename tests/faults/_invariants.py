@@ -168,8 +168,7 @@ def _leftovers(spec, tracker, trials, records) -> list[str]:
 
 
 def _registry(spec, tracker, records, models: dict[str, str], orphans: list) -> None:
-    from sweeps.results import complete_records
-    from sweeps.select import choose
+    from sweeps.results import choose_record, complete_records
 
     good = {r.run_id for r in records if (r.status, r.state) == ("FINISHED", "COMPLETE")}
     for name, policy in models.items():
@@ -184,8 +183,7 @@ def _registry(spec, tracker, records, models: dict[str, str], orphans: list) -> 
         existing = {str(v.version): v.run_id for v in versions}
         orphans += [f"{name}@{a} points at missing version {v}" for a, v in aliases.items() if str(v) not in existing]
         recs = complete_records(spec, tracker)
-        objectives = list(zip(spec.metric_names(), spec.directions(), strict=True))
-        chosen = recs[choose([r.metrics for r in recs], objectives, policy)].run_id
+        chosen = recs[choose_record(spec, recs, policy)].run_id  # with the spec's tolerances, as promote does
         if existing.get(str(aliases.get("champion"))) != chosen:
             orphans.append(f"{name}@champion is {aliases.get('champion')}, not the chosen run {chosen}")
 
