@@ -1,6 +1,15 @@
-"""Adapter-server benchmark: throughput with 1 adapter vs 4 adapters in mixed batches, switch and reload latency.
+"""Adapter-server benchmark: throughput with 1 adapter vs 4 adapters in mixed batches, switch and reload latency;
+and a bounded load test (--load).
 
     python scripts/bench_serve.py --requests 384 --concurrency 32 --out docs/bench_serve.md
+    python scripts/bench_serve.py --load --clients 16 --seconds 30 --out docs/bench_serve.md
+
+--load: a tiny BERT (tests/_tiny.py, 2 layers, hidden 32) with four registered adapters behind `sweep serve`'s
+app on 127.0.0.1 with a bearer token; --clients threads, each with its own connection, send single-text /predict
+requests round-robin over the adapters for --seconds; halfway the registry alias of one adapter moves and
+POST /adapters/NAME/reload swaps it in while the others keep sending. Counts every failed request (non-200 or
+an exception), latency p50/p99 at the client, throughput, and writes the "Load test" section at the top of
+--out (the rest of the file is kept). Exits 1 if any request failed.
 
 Serves the bundled MiniLM with four registered classification adapters (LoRA r=8 on attention + head, random B
 factors: the arithmetic of a trained adapter, without training four of them first) from a throw-away MLflow store,
@@ -113,7 +122,12 @@ def main() -> None:
     ap.add_argument("--reloads", type=int, default=5)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default="docs/bench_serve.md")
+    ap.add_argument("--load", action="store_true", help="run the bounded load test instead")
+    ap.add_argument("--clients", type=int, default=16, help="--load: concurrent clients")
+    ap.add_argument("--seconds", type=float, default=30.0, help="--load: how long the clients send")
     args = ap.parse_args()
+    if args.load:
+        sys.exit(load_test(args))
     workdir = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     os.environ["SWEEPS_STORE"] = str(workdir / "store")  # a throw-away registry, not the user's mlruns/
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -195,8 +209,169 @@ def write(args, rows, ratio, same, switching, reloads) -> None:
         "Requests keep being served during a reload: the new version is loaded beside the old one and the served "
         "name is switched under the model lock between two batches.", "",
     ]
-    Path(args.out).write_text("\n".join(lines))
+    out = Path(args.out)
+    old = out.read_text(encoding="utf-8") if out.exists() else ""
+    out.write_text("\n".join(lines))
+    if LOAD_BEGIN in old and LOAD_END in old:  # keep the last --load section
+        _write_section(out, LOAD_BEGIN + old.split(LOAD_BEGIN, 1)[1].split(LOAD_END, 1)[0] + LOAD_END)
     print("\n".join(lines))
+
+
+# ---------------------------------------------------------------- --load: bounded load test
+
+LOAD_BEGIN, LOAD_END = "<!-- load-test: written by scripts/bench_serve.py --load -->", "<!-- /load-test -->"
+
+
+def _sentences(n: int, seed: int = 0) -> list[str]:
+    import random
+
+    from _tiny import FILLER, WORDS
+
+    rng = random.Random(seed)
+    words = [w for ws in WORDS.values() for w in ws] + FILLER
+    return [" ".join(rng.choices(words, k=rng.randint(4, 40))) for _ in range(n)]
+
+
+def load_test(args) -> int:
+    import secrets
+    import threading
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    workdir = Path(tempfile.mkdtemp(prefix="bench-serve-load-"))
+    os.environ["SWEEPS_STORE"] = str(workdir / "store")  # a throw-away registry, not the user's mlruns/
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    import httpx
+    import torch
+    from _tiny import tiny_bert
+
+    torch.set_num_threads(args.threads)
+    from sweeps import models
+    from sweeps.serve import Background
+    from sweeps.serving import Engine, Limits
+    from sweeps.track import Tracker
+
+    base = tiny_bert(workdir / "tiny-bert")
+    base_sha, tracker, names = models.content_hash(base), Tracker(), ["load-a", "load-b", "load-c", "load-d"]
+    for i, name in enumerate(names):
+        _register_local(tracker, name, make_adapter(base, workdir / name, i), i, base, base_sha)
+    _register_local(tracker, "load-a", make_adapter(base, workdir / "load-a-v2", 99), 99, base, base_sha)
+    tracker.set_alias("load-a", "champion", "1")
+    corpus, token = _sentences(512), secrets.token_urlsafe(32)
+    results: list[tuple[float, float, int, str, str | None]] = []  # (start, seconds, status, adapter, version)
+    errors: list[str] = []
+    lock = threading.Lock()
+    engine = Engine([(None, f"{n}@champion") for n in names], tracker=tracker,
+                    limits=Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_length=64))
+    with engine, Background(engine, token=token) as url:
+        start = time.perf_counter()
+        deadline = start + args.seconds
+
+        def client(k: int) -> None:
+            with httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
+                i = k
+                while time.perf_counter() < deadline:
+                    name, t0 = names[i % len(names)], time.perf_counter()
+                    try:
+                        r = c.post("/predict", json={"adapter": name, "text": corpus[i % len(corpus)]})
+                        version = r.json().get("version") if r.status_code == 200 else r.text[:200]
+                        row = (t0 - start, time.perf_counter() - t0, r.status_code, name, version)
+                    except Exception as exc:  # a reset connection, a timeout: a failed request all the same
+                        row = (t0 - start, time.perf_counter() - t0, 0, name, None)
+                        with lock:
+                            errors.append(f"{type(exc).__name__}: {exc}")
+                    with lock:
+                        results.append(row)
+                    i += args.clients
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(args.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds / 2)
+        tracker.set_alias("load-a", "champion", "2")
+        reload_at = time.perf_counter() - start
+        answer = httpx.post(f"{url}/adapters/load-a/reload", headers={"Authorization": f"Bearer {token}"},
+                            timeout=60).json()
+        reload_s = time.perf_counter() - start - reload_at
+        for t in threads:
+            t.join(timeout=args.seconds + 60)
+        elapsed = time.perf_counter() - start
+        unauthorized = httpx.post(f"{url}/predict", json={"adapter": names[0], "text": "x"}).status_code
+        stats = dict(engine.stats)
+    report = _load_report(args, results, errors, elapsed, reload_at, reload_s, answer, stats, unauthorized)
+    _write_section(Path(args.out), report)
+    print(report)
+    served_v2 = {r[4] for r in results if r[3] == "load-a" and r[0] > reload_at + reload_s} == {"2"}
+    return 0 if not errors and all(r[2] == 200 for r in results) and served_v2 else 1
+
+
+def _register_local(tracker, name: str, adapter: Path, number: int, base: Path, base_sha: str) -> str:
+    from sweeps import registry
+
+    parent = tracker.start_sweep("bench-serve-load", "name: bench-serve-load\n")
+    run_id = tracker.start_trial("bench-serve-load", parent, number, {"seed": number})
+    tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.0}, adapter_dir=adapter)
+    lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": base_sha}
+    return registry.promote(tracker, name, run_id, ["champion"], lineage)[0]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _load_report(args, results, errors, elapsed, reload_at, reload_s, answer, stats, unauthorized) -> str:
+    import torch
+
+    ok = [r for r in results if r[2] == 200]
+    failed = len(results) - len(ok)
+    lat = [r[1] * 1000 for r in ok]
+    during = [r for r in results if reload_at <= r[0] <= reload_at + reload_s]
+    after = {r[4] for r in ok if r[3] == "load-a" and r[0] > reload_at + reload_s}
+    before = {r[4] for r in ok if r[3] == "load-a" and r[0] + r[1] < reload_at}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    per = {n: sum(1 for r in ok if r[3] == n) for n in sorted({r[3] for r in results})}
+    lines = [
+        LOAD_BEGIN, "## Load test (bounded)", "",
+        f"Command: `python scripts/bench_serve.py --load --clients {args.clients} --seconds {args.seconds:g} "
+        f"--max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms} --threads {args.threads} "
+        f"--out {args.out}`  ",
+        f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+        f"thread(s); load average {os.getloadavg()[0]:.1f} at the end (shared machine); "
+        f"{time.strftime('%Y-%m-%d %H:%M')}  ",
+        f"Server: tiny BERT (2 layers, hidden 32, tests/_tiny.py) with 4 registered LoRA adapters, bearer token "
+        f"on, 127.0.0.1; {args.clients} clients x {args.seconds:g} s of single-text /predict requests "
+        f"round-robin over the adapters (4-40 words each); halfway, `load-a@champion` moved to version 2 and "
+        f"was reloaded while the clients kept sending.", "",
+        "| measure | value |", "|---|---|",
+        f"| requests | {len(results)} ({', '.join(f'{n} {c}' for n, c in per.items())}) |",
+        f"| **failed requests** (non-200 or exception) | **{failed}**{' ' + '; '.join(errors[:3]) if errors else ''} |",
+        f"| throughput | {len(ok) / elapsed:.1f} requests/s ({elapsed:.1f} s wall) |",
+        f"| latency p50 / p99 / max (client) | {_pct(lat, 0.5):.1f} / {_pct(lat, 0.99):.1f} / "
+        f"{max(lat, default=float('nan')):.1f} ms |",
+        f"| reload at t={reload_at:.1f} s | {reload_s * 1000:.0f} ms, changed={answer.get('changed')}, "
+        f"version {answer.get('previous')} -> {answer.get('version')}; {len(during)} requests started during it, "
+        f"{sum(1 for r in during if r[2] != 200)} failed |",
+        f"| load-a versions answered before / after the reload | {sorted(map(str, before))} / "
+        f"{sorted(map(str, after))} |",
+        f"| batches / mixed-adapter / mean batch | {stats['batches']} / {stats['mixed_batches']} / "
+        f"{stats['examples'] / max(stats['batches'], 1):.1f} |",
+        f"| a request without the token | {unauthorized} |",
+        "", LOAD_END,
+    ]
+    return "\n".join(lines)
+
+
+def _write_section(path: Path, section: str) -> None:
+    """The load-test section right under the title; what else the file holds (the throughput runs) is kept."""
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Adapter server: one base, many adapters\n"
+    if LOAD_BEGIN in text and LOAD_END in text:
+        head, rest = text.split(LOAD_BEGIN, 1)
+        text = head + section + rest.split(LOAD_END, 1)[1]
+    else:
+        title, _, rest = text.partition("\n")
+        text = f"{title}\n\n{section}\n{rest}"
+    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

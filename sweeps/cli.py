@@ -145,7 +145,7 @@ def _fmt(value) -> str:
 def run(
     spec_file: SpecFile,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join (default: spec, then local)")] = None,
-    promote: Annotated[str | None, typer.Option(help="Promote at the end with this policy, e.g. knee")] = None,
+    promote: Annotated[str | None, typer.Option(help="Promote at the end with this policy, e.g. 1se")] = None,
     name: Annotated[str | None, typer.Option(help="Registered model name for --promote (default: sweep name)")] = None,
     live: Annotated[bool, typer.Option(help="Live table of trials (off when not a terminal)")] = True,
 ) -> None:
@@ -204,6 +204,7 @@ def _print_front(sweep: str, plot: bool = True) -> None:
     console.print(front_table(report))
     console.print(f"hypervolume {report.hypervolume:.4g} (normalised {report.normalized_hypervolume:.3f}); "
                   f"plot: {report.plot_path}")
+    console.print("tolerances (values closer than these tie): " + "; ".join(report.tolerances), highlight=False)
 
 
 @app.command()
@@ -226,8 +227,10 @@ def _promote(sweep: str, policy: str, name: str, aliases: list[str] | None = Non
 @app.command("promote")
 def promote_cmd(
     sweep: Annotated[str, typer.Argument(help="Sweep name")],
-    policy: Annotated[str, typer.Option(help="knee | max:<metric> | min:<metric> | weights:m=w,... ; constraints "
-                                        "after ';' e.g. 'max:macro_f1;peak_memory_mb<=300'")] = "knee",
+    policy: Annotated[str, typer.Option(help="1se (default: the cheapest trial within one standard error of the "
+                                        "best) | 1se:<metric> | knee | max:<metric> | min:<metric> | "
+                                        "weights:m=w,... ; constraints after ';' e.g. "
+                                        "'max:macro_f1;peak_memory_mb<=300'")] = "1se",
     name: Annotated[str | None, typer.Option(help="Registered model name (default: the sweep name)")] = None,
     alias: Annotated[list[str], typer.Option(help="Extra alias for the version (champion is always set)")] = [],  # noqa: B006
 ) -> None:
@@ -283,7 +286,12 @@ def serve(
     adapter: AdapterRefs,
     base: Annotated[str | None, typer.Option(help="Base model (default: the one the first adapter was trained "
                                              "on); adapters trained on another base are refused")] = None,
-    host: Annotated[str, typer.Option(help="Interface to bind; the server has no authentication")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Interface to bind; anything but loopback needs a token "
+                                      "($SWEEPS_SERVE_TOKEN or --token-file)")] = "127.0.0.1",
+    token_file: Annotated[Path | None, typer.Option(help="File holding the bearer token clients must send "
+                                                    "(else $SWEEPS_SERVE_TOKEN; /health stays open)")] = None,
+    allow_unverified_base: Annotated[bool, typer.Option(help="Serve adapters whose base cannot be checked "
+                                                        "(no recorded base hash): at your own risk")] = False,
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     poll: Annotated[float, typer.Option(help="Check registry aliases every N seconds and swap in moved "
                                         "versions (0: only POST /adapters/NAME/reload)")] = 0.0,
@@ -299,14 +307,17 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    from sweeps.serve import run
+    from sweeps.serve import ServeConfigError, load_token, require_token, run
     from sweeps.serving import Engine, Limits
     from sweeps.sources import SourceError
 
     try:
+        token = load_token(token_file)
+        require_token(host, token)  # before loading any model: refused in a second, not after a minute
         engine = Engine(_named_refs(adapter), base, device,
-                        Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_length=max_length))
-    except (SourceError, FileNotFoundError, *_input_errors()) as exc:
+                        Limits(max_batch=max_batch, max_wait_ms=max_wait_ms, max_length=max_length),
+                        allow_unverified_base=allow_unverified_base)
+    except (ServeConfigError, SourceError, FileNotFoundError, *_input_errors()) as exc:
         err.print(f"[bold red]cannot serve:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
     if poll > 0:
@@ -314,9 +325,12 @@ def serve(
     for row in engine.describe():
         console.print(f"adapter [bold]{row['name']}[/] <- {row['ref']} (version {row['version'] or '-'}, "
                       f"{row['task']})")
-    console.print(f"base {engine.base_spec}; serving on http://{host}:{port}  (Ctrl-C stops)")
+    for warning in engine.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"base {engine.base_spec}; serving on http://{host}:{port} "
+                  f"({'bearer token required' if token else 'no token: loopback only'}; Ctrl-C stops)")
     try:
-        run(engine, host, port)
+        run(engine, host, port, token=token)
     finally:
         engine.close()
 
@@ -330,6 +344,8 @@ def export_cmd(
     gguf_type: Annotated[str, typer.Option(help="GGUF weight type: f32, f16, bf16 or q8_0")] = "f16",
     base_quantization: Annotated[str | None, typer.Option(
         help="How the base was quantized in training (none, int8, nf4, fp4); default: the registry tag")] = None,
+    allow_unverified_base: Annotated[bool, typer.Option(help="Merge even when the adapter's base cannot be "
+                                                        "checked (no recorded base hash): at your own risk")] = False,
 ) -> None:
     """Merge an adapter into its base: standalone safetensors + tokenizer (+ GGUF)."""
     if not merge:
@@ -339,7 +355,7 @@ def export_cmd(
     from sweeps.sources import SourceError
 
     try:
-        summary = export(ref, out, gguf, gguf_type, base_quantization)
+        summary = export(ref, out, gguf, gguf_type, base_quantization, allow_unverified_base=allow_unverified_base)
     except (ExportError, SourceError, FileNotFoundError, *_input_errors()) as exc:
         err.print(f"[bold red]cannot export:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None
@@ -363,6 +379,8 @@ def fuse(
     seed: Annotated[int, typer.Option(help="Sampler and DARE seed")] = 13,
     promote: Annotated[str | None, typer.Option(help="Register the best candidate under this model name")] = None,
     test: Annotated[Path | None, typer.Option(help="Held-out rows scored once for the promoted version")] = None,
+    allow_unverified_base: Annotated[bool, typer.Option(help="Fuse adapters whose base cannot be checked (no "
+                                                        "recorded base hash); the result stays unverified")] = False,
 ) -> None:
     """Fuse registered adapters (PEFT weighted combination), weights and density searched with Optuna."""
     from sweeps import fuse as fusing
@@ -372,7 +390,10 @@ def fuse(
     try:
         store_name = _safe(name)
         tracker = Tracker()
-        fusion = fusing.Fusion([ref for _, ref in _named_refs(adapter)], fusing.read_rows(data), tracker=tracker)
+        fusion = fusing.Fusion([ref for _, ref in _named_refs(adapter)], fusing.read_rows(data), tracker=tracker,
+                               allow_unverified_base=allow_unverified_base)
+        for warning in fusion.warnings:
+            err.print(f"[yellow]warning:[/] {warning}", highlight=False)
         result = fusing.search(fusion, store_name, methods.split(","), trials, seed, tracker)
     except (fusing.FusionError, SourceError, FileNotFoundError, ValueError) as exc:
         err.print(f"[bold red]cannot fuse:[/] {exc}", highlight=False)

@@ -14,6 +14,7 @@ export.json records `pooling: mean`, and `load_merged` puts the mean pooler back
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,6 +25,7 @@ from sweeps import adapters, bundled, models, multi, sources
 from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
 
+log = logging.getLogger(__name__)
 EXPORT_FILE = "export.json"
 _QUANT_KEYS = ("quantization", "double_quant", "compute_dtype")
 
@@ -52,13 +54,21 @@ def _source_gguf(base: str | None) -> Path | None:
     return None
 
 
-def merge(found: sources.Located, quantization: str | None = None, device: str = "cpu"):
-    """(merged model, tokenizer, base path, quantization used) for a located adapter; refuses a changed base."""
+def merge(found: sources.Located, quantization: str | None = None, device: str = "cpu",
+          allow_unverified_base: bool = False):
+    """(merged model, tokenizer, base path, quantization used) for a located adapter; refuses a changed base,
+    and one that cannot be checked (no recorded hash) unless `allow_unverified_base`."""
     if not found.base:
         raise ExportError(f"{found.ref}: the adapter does not record its base model")
     base_path = models.resolve_base(ModelSpec(base=found.base))
-    actual = models.content_hash(base_path)
-    if found.base_sha256 and found.base_sha256 != actual:
+    try:
+        actual, hash_error = models.content_hash(base_path), None
+    except OSError as exc:
+        actual, hash_error = None, f"{type(exc).__name__}: {exc}"
+    warning = sources.check_unverified(found, found.base, actual, allow_unverified_base, hash_error)
+    if warning:
+        log.warning("%s", warning)
+    elif found.base_sha256 != actual:
         raise ExportError(f"{found.ref} was trained on {found.base} with sha256 {found.base_sha256[:12]}; the base "
                           f"found now has sha256 {actual[:12]}: refusing to merge into other weights")
     quant = _quantization(found, quantization)
@@ -74,7 +84,7 @@ def merge(found: sources.Located, quantization: str | None = None, device: str =
 
 
 def export(ref: str, out: Path, gguf: bool = False, gguf_type: str = "f16", quantization: str | None = None,
-           tracker=None) -> dict:
+           tracker=None, allow_unverified_base: bool = False) -> dict:
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ExportError(f"{out} is not empty: pick a new --out directory")
@@ -82,7 +92,7 @@ def export(ref: str, out: Path, gguf: bool = False, gguf_type: str = "f16", quan
         found = sources.locate(ref, Path(tmp), tracker)
         if gguf and found.task != "instruction":
             raise ExportError("--gguf exports causal LMs (instruction adapters); this is a classification adapter")
-        merged, tokenizer, base_path, quant = merge(found, quantization)
+        merged, tokenizer, base_path, quant = merge(found, quantization, allow_unverified_base=allow_unverified_base)
         out.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)

@@ -17,7 +17,8 @@ line per fired fault in `fired.log` for the test to read. Actions:
     lock=S     another process holds the SQLite database ctx["storage"] exclusively for S seconds
     barrier=N  wait until N processes reached this point (two promotions racing), at most 60 s
 
-Points (where they sit and why): driver.proposed, driver.epoch, driver.finished (runner.Coordinator);
+Points (where they sit and why): driver.proposed, driver.epoch, driver.finished, driver.heartbeat
+(runner.Coordinator: the last one before every beat the driver writes to the study);
 track.uploaded (track.Tracker.finish_trial); study.created, study.tell (search); registry.create,
 registry.created (registry.promote); worker.epoch (execute._trainable); adapter.saved (adapters.save_adapter).
 Free of ray, mlflow and optuna: the trial side calls it too.

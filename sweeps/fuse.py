@@ -54,7 +54,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 class Fusion:
-    def __init__(self, refs: list[str], rows: list[dict], device: str = "cpu", tracker=None, max_length: int = 512):
+    def __init__(self, refs: list[str], rows: list[dict], device: str = "cpu", tracker=None, max_length: int = 512,
+                 allow_unverified_base: bool = False):
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeps-fuse-")
         self.found = [sources.locate(r, Path(self._tmp.name), None if sources.is_directory(r) else tracker)
                       for r in refs]
@@ -63,14 +64,21 @@ class Fusion:
         if any(f.task != "instruction" for f in self.found):
             raise FusionError("only instruction (causal LM) adapters can be fused: classification adapters each "
                               "carry a trained head that PEFT cannot combine")
-        hashes = {f.base_sha256 for f in self.found}
-        if len(hashes) != 1 or None in hashes:
-            raise FusionError("the adapters were trained on different (or unrecorded) base models: "
-                              + ", ".join(f"{f.ref} -> {str(f.base_sha256)[:12]}" for f in self.found))
-        self.base_spec, self.base_sha256 = self.found[0].base, hashes.pop()
+        self.base_spec = self.found[0].base
         base_path = models.resolve_base(ModelSpec(base=self.base_spec))
-        if models.content_hash(base_path) != self.base_sha256:
-            raise FusionError(f"the base {self.base_spec} on disk differs from the one the adapters were trained on")
+        actual = models.content_hash(base_path)
+        checked = [(f, sources.check_unverified(f, self.base_spec, actual, allow_unverified_base))
+                   for f in self.found]  # raises on the first unverifiable adapter unless allowed
+        self.warnings = [warning for _, warning in checked if warning]
+        unverified = [f for f, warning in checked if warning]
+        hashes = {f.base_sha256 for f, warning in checked if not warning}
+        if len(hashes) > 1 or (hashes and hashes != {actual}):
+            raise FusionError(f"the adapters were trained on different base models (the base {self.base_spec} "
+                              f"found now has sha256 {actual[:12]}): "
+                              + ", ".join(f"{f.ref} -> {str(f.base_sha256)[:12]}" for f in self.found))
+        # A fusion of unverified sources stays unverified downstream: its version records why, not a hash.
+        self.base_sha256 = actual if not unverified else \
+            f"unavailable (fused from adapters with unverified bases: {', '.join(f.ref for f in unverified)})"
         self.tokenizer = models.load_tokenizer(base_path)
         self.device = device
         self.chat = self.found[0].chat

@@ -9,6 +9,7 @@ This module imports neither ray nor mlflow nor optuna: it goes through execute, 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -20,6 +21,12 @@ from sweeps import execute, faults, store
 from sweeps.search import HEARTBEAT_S, Study
 from sweeps.spec import SweepSpec
 from sweeps.track import Tracker
+
+log = logging.getLogger(__name__)
+# A failed beat is retried after HEARTBEAT_S / 4; after MAX_MISSED_BEATS failures in a row (~15 s at the default
+# 10 s) the driver stops proposing, well inside the 45 s (HEARTBEAT_TIMEOUT_S) after which another driver on the
+# study takes it for dead and fails its running trials: it then has no new trials of ours to reap.
+MAX_MISSED_BEATS = 3
 
 
 @dataclass
@@ -44,6 +51,7 @@ class SweepOutcome:
     wall_seconds: float
     reconciled: list[str]
     interrupted: int = 0
+    stopped: str | None = None  # why the driver stopped proposing before the budget was spent (None: it did not)
 
 
 class Coordinator:
@@ -60,20 +68,46 @@ class Coordinator:
         self.spec_dict = spec.model_dump(mode="json")
         self.driver = uuid.uuid4().hex[:12]
         self._beating = threading.Event()
+        self.heartbeat_s, self.max_missed = HEARTBEAT_S, MAX_MISSED_BEATS
+        self.missed = 0  # consecutive failed beats
+        self.stop_reason: str | None = None
+
+    def _beat(self) -> None:
+        faults.point("driver.heartbeat", driver=self.driver)
+        self.study.heartbeat(self.driver)
 
     def start_heartbeat(self) -> None:
         """Mark this driver alive in the study until `stop_heartbeat`, so a concurrent `sweep run` on the same
         study (a team on one PostgreSQL) does not take our running trials for a crash's leftovers."""
-        self.study.heartbeat(self.driver)
+        self._beat()  # the first one unguarded: a study we cannot write to fails the sweep before it starts
 
-        def beat() -> None:
-            while not self._beating.wait(HEARTBEAT_S):
-                try:
-                    self.study.heartbeat(self.driver)
-                except Exception:  # a missed beat is retried on the next tick; never kill the sweep for it
-                    pass
+        def loop() -> None:
+            wait = self.heartbeat_s
+            while not self._beating.wait(wait):
+                wait = self.heartbeat_s if self._beat_once() else self.heartbeat_s / 4
 
-        threading.Thread(target=beat, name="sweeps-heartbeat", daemon=True).start()
+        threading.Thread(target=loop, name="sweeps-heartbeat", daemon=True).start()
+
+    def _beat_once(self) -> bool:
+        """One beat; a failure is logged and counted, and `max_missed` in a row stop new proposals."""
+        try:
+            self._beat()
+        except Exception as exc:  # never kill the sweep for it: the running trials may still finish fine
+            self.missed += 1
+            log.warning("driver %s: heartbeat %d/%d failed: %s: %s", self.driver, self.missed, self.max_missed,
+                        type(exc).__name__, exc)
+            if self.missed >= self.max_missed and self.stop_reason is None:
+                self.stop_reason = (f"the heartbeat failed {self.missed} times in a row (last: "
+                                    f"{type(exc).__name__}: {exc}): another driver on this study would soon take "
+                                    "this one for dead and fail its trials, so no new trials are proposed; "
+                                    "running ones finish, and `sweep run` again continues the sweep")
+                log.error("driver %s stops proposing: %s", self.driver, self.stop_reason)
+                self.request_stop()
+            return False
+        if self.missed:
+            log.warning("driver %s: heartbeat recovered after %d failure(s)", self.driver, self.missed)
+        self.missed = 0
+        return True
 
     def stop_heartbeat(self) -> None:
         self._beating.set()
@@ -87,7 +121,7 @@ class Coordinator:
 
     def propose(self) -> dict[str, Any] | None:
         # The live study, not a count taken at start: other drivers may be filling the same budget.
-        if self.remaining <= 0 or self.study.asked() >= budget(self.spec):
+        if self.stop_reason or self.remaining <= 0 or self.study.asked() >= budget(self.spec):
             return None
         self.remaining -= 1
         number, sampled = self.study.ask()
@@ -287,7 +321,8 @@ def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: 
     tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})
     ran = len([r for r in coordinator.rows.values() if r.ended])
     interrupted = len([r for r in coordinator.rows.values() if r.state == "INTERRUPTED"])
-    return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes, interrupted)
+    return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes, interrupted,
+                        coordinator.stop_reason)
 
 
 def prepare(spec: SweepSpec) -> None:

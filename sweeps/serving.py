@@ -57,14 +57,23 @@ class Limits:
     max_new_tokens: int = 256
 
 
+def _hash_base(path) -> tuple[str | None, str | None]:
+    """(content hash, None), or (None, why) when the base's files cannot be read to hash them."""
+    try:
+        return models.content_hash(path), None
+    except OSError as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
 def _internal(name: str, n: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9_]', '_', name)}__{n}"  # PEFT adapter names become module keys: no dots
 
 
 class Engine:
     def __init__(self, refs: list[tuple[str | None, str]], base: str | None = None, device: str = "cpu",
-                 limits: Limits | None = None, tracker=None):
+                 limits: Limits | None = None, tracker=None, allow_unverified_base: bool = False):
         self.limits, self.device, self.tracker = limits or Limits(), device, tracker
+        self.allow_unverified_base, self.warnings = allow_unverified_base, []
         self._tmp = tempfile.TemporaryDirectory(prefix="sweeps-serve-")
         self._lock, self._reloading, self._count = threading.Lock(), threading.Lock(), 0
         self.stats = {"batches": 0, "mixed_batches": 0, "examples": 0, "reloads": 0}
@@ -80,7 +89,7 @@ class Engine:
         if not self.base_spec:
             raise sources.SourceError("cannot tell the base model from the adapter: pass --base")
         self.base_path = models.resolve_base(ModelSpec(base=self.base_spec))
-        self.base_sha256 = models.content_hash(self.base_path)
+        self.base_sha256, self._hash_error = _hash_base(self.base_path)
         self.tokenizer = models.load_tokenizer(self.base_path)
         self.model = self._load_base(found)
         self.slots: dict[str, Slot] = {}
@@ -127,7 +136,12 @@ class Engine:
         if found.task != self.task:
             raise sources.SourceError(f"adapter {found.ref} is a {found.task} adapter; this server serves "
                                       f"{self.task} adapters")
-        if found.base_sha256 != self.base_sha256:
+        warning = sources.check_unverified(found, self.base_spec, self.base_sha256, self.allow_unverified_base,
+                                           self._hash_error)
+        if warning:
+            log.warning("%s", warning)
+            self.warnings.append(warning)
+        elif found.base_sha256 != self.base_sha256:
             raise sources.SourceError(
                 f"adapter {found.ref} was trained on base {found.base} (sha256 {str(found.base_sha256)[:12]}), "
                 f"the served base {self.base_spec} has sha256 {self.base_sha256[:12]}: refusing it")
@@ -186,6 +200,12 @@ class Engine:
         self._stop.set()
         self._batcher.close()
         self._tmp.cleanup()
+
+    def __enter__(self) -> Engine:  # `with Engine(...) as engine:` closes it however the block ends
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # ------------------------------------------------------------ requests
 

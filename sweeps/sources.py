@@ -11,6 +11,7 @@ manifest, so a tampered artifact never reaches PEFT. This module imports no fram
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Located:
     chat: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # adapter_config.json
     tags: dict = field(default_factory=dict)  # the registry version's tags (lineage: quantization, sweep, ...)
+    base_unverified: str | None = None  # why the base cannot be checked (no usable hash recorded); None: it can
 
     @property
     def pooling(self) -> str:
@@ -47,7 +49,7 @@ class Located:
     def describe(self) -> dict:
         return {"ref": self.ref, "name": self.name, "task": self.task, "version": self.version,
                 "run_id": self.run_id, "base": self.base, "base_sha256": self.base_sha256,
-                "labels": self.labels, "rank": self.config.get("r")}
+                "labels": self.labels, "rank": self.config.get("r"), "base_verified": self.base_unverified is None}
 
 
 def is_directory(ref: str) -> bool:
@@ -66,18 +68,28 @@ def read_dir(path: Path, ref: str | None = None, name: str | None = None) -> Loc
     if task is None:
         raise SourceError(f"{path}: task_type {config.get('task_type')!r} is not served (allowed: "
                           f"{', '.join(_TASKS)})")
-    base, base_sha = config.get("base_model_name_or_path"), None
+    base, base_sha, why = config.get("base_model_name_or_path"), None, None
     if (path / BASE_FILE).is_file():
         recorded = json.loads((path / BASE_FILE).read_text(encoding="utf-8"))
-        base, base_sha = recorded.get("base", base), recorded.get("base_sha256")
+        base = recorded.get("base", base)
+        base_sha, why = _recorded_hash(recorded.get("base_sha256"), f"{BASE_FILE}")
     elif base and Path(base).is_dir():
         from sweeps.models import content_hash  # the training base is still on disk: hash what it holds now
 
         base_sha = content_hash(Path(base))
+    else:
+        why = f"no {BASE_FILE} and its base {base!r} is not a local directory to hash"
     labels = _json(path / "labels.json")
     chat = _json(path / "chat.json") or {}
     return Located(ref or str(path), name or path.name, path, task, base, base_sha, labels=labels,
-                   chat=chat if isinstance(chat, dict) else {}, config=config)
+                   chat=chat if isinstance(chat, dict) else {}, config=config, base_unverified=why)
+
+
+def _recorded_hash(value, where: str) -> tuple[str | None, str | None]:
+    """(sha256, None) for a real hash; (None, why) for a missing one or a placeholder ("unavailable (...)")."""
+    if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
+        return value, None
+    return None, f"{where} records base_model_sha256 {value!r}, not a hash"
 
 
 def _json(path: Path):
@@ -106,10 +118,34 @@ def locate(ref: str, workdir: Path, tracker=None) -> Located:
     tags = found.tags = info["tags"]
     found.version, found.run_id = info["version"], info["run_id"]
     found.base = tags.get("base_model") or found.base
-    recorded = tags.get("base_model_sha256", "")
-    if len(recorded) == 64:  # results._base_hash writes "unavailable (...)" when the base had no local files
-        found.base_sha256 = recorded
+    if "base_model_sha256" in tags:
+        # results._base_hash writes "unavailable (...)" when it could not hash the base at promotion. Then the
+        # directory's fallback (hashing the config's base path as it is *now*) would compare a base with itself:
+        # the version is unverifiable, and consumers refuse it without --allow-unverified-base.
+        found.base_sha256, found.base_unverified = _recorded_hash(tags["base_model_sha256"],
+                                                                  f"registry version {name}/{info['version']}")
     return found
+
+
+class UnverifiedBase(SourceError):
+    """The adapter's base cannot be checked against the base it would be loaded on."""
+
+
+def check_unverified(found: Located, base: str | None, base_sha256: str | None, allow: bool,
+                     hash_error: str | None = None) -> str | None:
+    """Refuse (UnverifiedBase) an adapter whose base cannot be verified, unless `allow`: then return the warning to
+    show. None when there is something to compare (the caller compares found.base_sha256 with `base_sha256`)."""
+    why = found.base_unverified or (None if found.base_sha256 else "no base hash recorded")
+    if base_sha256 is None:
+        why = f"{why}; " if why else ""
+        why += f"the hash of the base {base} cannot be computed here ({hash_error or 'unknown error'})"
+    if why is None:
+        return None
+    message = f"adapter {found.ref} cannot be checked against the base {base}: {why}"
+    if not allow:
+        raise UnverifiedBase(f"{message}. Refusing it: it may have been trained on other weights. Pass "
+                             "--allow-unverified-base only if you know it was trained on this base")
+    return f"{message}; used anyway (--allow-unverified-base)"
 
 
 def current_version(ref: str, tracker) -> str | None:

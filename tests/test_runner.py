@@ -163,3 +163,55 @@ def test_a_dead_drivers_trials_are_reconciled(tracker):
     assert study.stale_running() == []
     assert study.live_drivers(max_age_s=0.0) == set()  # ... and is dead once its beat is older than the timeout
     assert [tr.state for tr in study.stale_running(live=set())] == ["RUNNING"]
+
+
+def _wait_for(predicate, seconds: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_failing_heartbeat_is_logged_retried_and_stops_proposals(tracker, tmp_path, monkeypatch, caplog):
+    """Issue 17: the beat's exceptions used to be swallowed without a word; 45 s later a second driver took this
+    one for dead and failed its running trials. Now each failure is logged, retried sooner, and after
+    MAX_MISSED_BEATS in a row the driver stops proposing and says why."""
+    spec, study, t, parent = _setup(tracker, "heartbeat-fails")
+    monkeypatch.setenv("SWEEPS_FAULT_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1")  # the first beat passes, then none
+    coord = runner.Coordinator(spec, study, t, parent, remaining=4)
+    coord.heartbeat_s = 0.2
+    caplog.set_level("WARNING", logger="sweeps.runner")
+    coord.start_heartbeat()
+    try:
+        running = coord.propose()["trial_number"]
+        assert _wait_for(coord.stopping), caplog.text
+    finally:
+        coord.stop_heartbeat()
+    failures = [r for r in caplog.records if "heartbeat" in r.getMessage() and r.levelname == "WARNING"]
+    assert len(failures) >= runner.MAX_MISSED_BEATS
+    assert "heartbeat 1/3 failed: OSError" in failures[0].getMessage()
+    assert "No space left on device" in failures[0].getMessage()
+    assert "stops proposing" in caplog.text and "3 times in a row" in coord.stop_reason
+    assert coord.propose() is None  # budget left (3), but no new trials
+    assert study.asked() == 1 and study.trials()[0].state == "RUNNING"  # the running one is left to finish
+    coord.completed(running, _final(_adapter(tmp_path)), pruned=False, error=None)
+    assert study.trials()[0].state == "COMPLETE"
+
+
+def test_a_transient_heartbeat_failure_recovers(tracker, tmp_path, monkeypatch, caplog):
+    spec, study, t, parent = _setup(tracker, "heartbeat-blip")
+    monkeypatch.setenv("SWEEPS_FAULT_DIR", str(tmp_path / "faults"))
+    monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1:times=2")  # 2 misses < MAX_MISSED_BEATS
+    coord = runner.Coordinator(spec, study, t, parent, remaining=2)
+    coord.heartbeat_s = 0.2
+    caplog.set_level("WARNING", logger="sweeps.runner")
+    coord.start_heartbeat()
+    try:
+        assert _wait_for(lambda: "recovered after 2 failure(s)" in caplog.text), caplog.text
+    finally:
+        coord.stop_heartbeat()
+    assert not coord.stopping() and coord.stop_reason is None and coord.missed == 0
+    assert coord.propose() is not None

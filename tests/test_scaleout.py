@@ -125,8 +125,6 @@ def postgres(request):
     _run(_as_pg_user([PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth-local=trust",
                       "--auth-host=scram-sha-256", "--encoding=UTF8"]), timeout=120)
     pg_ctl = _as_pg_user([PG_BIN / "pg_ctl", "-D", data])
-    _run([*pg_ctl, "-l", log, "-w", "-t", "60", "-o",
-          f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], timeout=90)
 
     def stop():
         subprocess.run([str(c) for c in [*pg_ctl, "-w", "-t", "30", "stop", "-m", "fast"]], capture_output=True,
@@ -138,7 +136,9 @@ def postgres(request):
             except (ProcessLookupError, ValueError):
                 pass
 
-    request.addfinalizer(stop)
+    request.addfinalizer(stop)  # before the start: a start that times out may still leave a postmaster behind
+    _run([*pg_ctl, "-l", log, "-w", "-t", "60", "-o",
+          f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], timeout=90)
     psql = PG_BIN / "psql" if (PG_BIN / "psql").exists() else shutil.which("psql")
     _run(_as_pg_user([psql, "-h", base, "-p", port, "-U", "postgres", "-d", "postgres",
                       "-v", "ON_ERROR_STOP=1", "-v", f"password={password}",

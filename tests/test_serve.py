@@ -34,6 +34,16 @@ def _cls_adapter(base: Path, out: Path, seed: int) -> Path:
     return path
 
 
+@pytest.fixture()
+def closing():
+    """`engine = closing(Engine(...))`: closed at teardown however the test ends (the servers on it stop with
+    `with Background(...)`, which stops its thread on any exit, a failed start included)."""
+    made = []
+    yield lambda engine: made.append(engine) or engine
+    for engine in made:
+        engine.close()
+
+
 @pytest.fixture(scope="module")
 def cls(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
@@ -53,12 +63,12 @@ def offline_scores(base: Path, adapter: Path, texts: list[str]) -> list[list[flo
     return out
 
 
-def test_interleaved_requests_match_each_adapters_offline_prediction(cls):
+def test_interleaved_requests_match_each_adapters_offline_prediction(cls, closing):
     base, paths = cls
     expected = {name: offline_scores(base, path, TEXTS) for name, path in paths.items()}
     flat = {name: [x for row in rows for x in row] for name, rows in expected.items()}
     assert flat["reviews"] != pytest.approx(flat["legal"], abs=1e-3)  # the adapters really differ
-    engine = Engine([(name, str(path)) for name, path in paths.items()], limits=Limits(max_wait_ms=30))
+    engine = closing(Engine([(name, str(path)) for name, path in paths.items()], limits=Limits(max_wait_ms=30)))
     results: dict[tuple[str, int], dict] = {}
     with Background(engine) as url, httpx.Client(base_url=url, timeout=30) as client:
         health = client.get("/health").json()
@@ -85,9 +95,9 @@ def test_interleaved_requests_match_each_adapters_offline_prediction(cls):
     assert engine.stats["mixed_batches"] >= 1, engine.stats  # requests for both adapters shared a forward pass
 
 
-def test_bad_requests_get_4xx_and_the_next_good_one_succeeds(cls):
+def test_bad_requests_get_4xx_and_the_next_good_one_succeeds(cls, closing):
     base, paths = cls
-    engine = Engine([("reviews", str(paths["reviews"]))], limits=Limits(max_chars=200, max_items=4))
+    engine = closing(Engine([("reviews", str(paths["reviews"]))], limits=Limits(max_chars=200, max_items=4)))
     good = {"adapter": "reviews", "text": "great relief"}
     bad = [
         ({"adapter": "nope", "text": "x"}, 404, "unknown adapter 'nope'"),
@@ -144,11 +154,11 @@ def _register(tracker, base: Path, adapter: Path, number: int) -> str:
     return registry.promote(tracker, "reviews", run_id, ["champion"], lineage)[0]
 
 
-def test_reload_and_alias_polling_swap_the_adapter_without_restart(cls, store, tmp_path):
+def test_reload_and_alias_polling_swap_the_adapter_without_restart(cls, store, tmp_path, closing):
     base, paths = cls
     first, second = (offline_scores(base, paths[n], TEXTS[:1])[0] for n in ("reviews", "legal"))
     assert _register(store, base, paths["reviews"], 0) == "1"
-    engine = Engine([(None, "models:/reviews@champion")], tracker=store)
+    engine = closing(Engine([(None, "models:/reviews@champion")], tracker=store))
     with Background(engine) as url, httpx.Client(base_url=url, timeout=60) as client:
         def score() -> tuple[str, list[float]]:
             got = client.post("/predict", json={"adapter": "reviews", "text": TEXTS[0]}).json()
@@ -179,13 +189,13 @@ def _causal_adapter(base: Path, out: Path, seed: int, chat: dict | None = None) 
     return path
 
 
-def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path):
+def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path, closing):
     base = tiny_llama(tmp_path / "llama")
     paths = {"helpdesk": _causal_adapter(base, tmp_path / "helpdesk", 1, {"system_prompt": "be brief",
                                                                           "max_new_tokens": 6}),
              "legal": _causal_adapter(base, tmp_path / "legal", 2)}
     prompts = ["reset my password", "the printer is jammed", "open a ticket"]
-    engine = Engine([(n, str(p)) for n, p in paths.items()], limits=Limits(max_wait_ms=50))
+    engine = closing(Engine([(n, str(p)) for n, p in paths.items()], limits=Limits(max_wait_ms=50)))
     expected = {}
     for name, path in paths.items():  # offline: each adapter alone, one prompt at a time, no padding
         model = adapters.load_adapter(models.load_base(base, "instruction", None, TrialParams(), "cpu"), path)
