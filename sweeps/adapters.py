@@ -129,15 +129,27 @@ def _head_modules(model: torch.nn.Module) -> list[str]:
     return sorted(present)
 
 
+def _head_only_target(model: torch.nn.Module) -> list[str]:
+    """One projection of the top block: where a head-only trial puts its frozen, zero LoRA (see apply_peft)."""
+    top = str(_num_blocks(model) - 1)
+    return target_modules(model, "attention", top)[:1]
+
+
 def apply_peft(model: torch.nn.Module, params: TrialParams, task: str, num_labels: int | None = None) -> PeftModel:
-    targets = target_modules(model, params.target, params.layers)
+    head_only = params.method == "head-only"
+    if head_only and task != "classification":
+        raise TargetError("method=head-only needs a classification head (task: classification)")
+    # head-only: a rank-1 LoRA on one top-block projection that never trains. PEFT initialises B to zero, so it
+    # adds exactly nothing, and the artifact stays a PEFT adapter (the head in modules_to_save) that serve,
+    # export and merge load like any other.
+    targets = _head_only_target(model) if head_only else target_modules(model, params.target, params.layers)
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
         # Casts the non-quantized params (norms, head) to fp32 and freezes the base; no checkpointing: it
         # trades compute for memory, and compute is what a CPU trial is short of.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     config = LoraConfig(
-        r=params.rank,
-        lora_alpha=params.lora_alpha(),
+        r=1 if head_only else params.rank,
+        lora_alpha=1.0 if head_only else params.lora_alpha(),
         lora_dropout=params.dropout,
         target_modules=targets,
         use_dora=params.method == "dora",
@@ -146,12 +158,31 @@ def apply_peft(model: torch.nn.Module, params: TrialParams, task: str, num_label
         task_type=TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM,
         modules_to_save=_head_modules(model) if task == "classification" else None,
     )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    if head_only:
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.requires_grad_(False)
+    return peft_model
+
+
+def trained_head(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    """The trained copy of a fully trained head module (`classifier`, `score`) inside a PeftModel, or None.
+
+    PEFT wraps such a module and trains a copy; the original stays untouched for `release` to give back.
+    """
+    for module_name, module in model.named_modules():
+        if isinstance(module, ModulesToSaveWrapper) and module_name.rsplit(".", 1)[-1] == name:
+            return module.modules_to_save[module.active_adapter if isinstance(module.active_adapter, str)
+                                          else module.active_adapter[0]]
+    return None
 
 
 def lowest_block(model: torch.nn.Module, params: TrialParams) -> int | None:
     """Index of the lowest block holding an adapted module (None if a target lies outside the blocks)."""
-    blocks = [_BLOCK.match(name) for name in target_modules(model, params.target, params.layers)]
+    names = _head_only_target(model) if params.method == "head-only" else target_modules(model, params.target,
+                                                                                            params.layers)
+    blocks = [_BLOCK.match(name) for name in names]
     return None if not all(blocks) else min(int(m.group(1)) for m in blocks)
 
 

@@ -1,4 +1,4 @@
-"""The untuned base model's figures (instruction task), computed once per base and kept.
+"""Figures of the untuned base, computed once per base and kept: zero-shot (instruction), linear probe (classification).
 
 Every instruction trial reports its base's zero-shot loss, perplexity and routing accuracy beside its own, and its
 generations table shows the base's answers before tuning; a promotion does the same on the test split. These
@@ -49,15 +49,28 @@ def key(parts: dict) -> str:
     return digest({**parts, "versions": _versions()})[:40]
 
 
+def _path(parts: dict):
+    return cache_dir() / "zero-shot" / f"{key(parts)}.json"
+
+
+def lookup(parts: dict):
+    """The stored value for `parts`, or None (missing, unreadable, or the cache is off)."""
+    if not enabled():
+        return None
+    try:
+        return json.loads(_path(parts).read_text())["value"]
+    except (OSError, ValueError, KeyError, TypeError):  # missing, or unreadable: compute it again
+        return None
+
+
 def cached(parts: dict, compute: Callable[[], dict]) -> dict:
     """compute()'s JSON-able result for `parts`: from the cache when there, else computed and stored."""
     if not enabled():
         return compute()
-    path = cache_dir() / "zero-shot" / f"{key(parts)}.json"
-    try:
-        return json.loads(path.read_text())["value"]
-    except (OSError, ValueError, KeyError, TypeError):  # missing, or unreadable: compute it again
-        pass
+    path = _path(parts)
+    value = lookup(parts)
+    if value is not None:
+        return value
     value = compute()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

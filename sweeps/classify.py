@@ -64,7 +64,7 @@ def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return out
 
 
-def _collate(ds_cols: dict, idx: np.ndarray, pad_id: int, device: str) -> dict[str, torch.Tensor]:
+def collate(ds_cols: dict, idx: np.ndarray, pad_id: int, device: str) -> dict[str, torch.Tensor]:
     """Pad to this batch's longest example, not to max_length."""
     seqs = [ds_cols["input_ids"][i] for i in idx]
     width = max(len(s) for s in seqs)
@@ -96,6 +96,44 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+_BOOTSTRAP = 1000  # resamples: the SE of a macro-F1 near .5 on 120 rows (~.04) is then known to about 2 %
+
+
+def bootstrap_se(y_true: np.ndarray, y_pred: np.ndarray, seed: int = 0, resamples: int = _BOOTSTRAP
+                 ) -> dict[str, float]:
+    """Standard errors of accuracy and macro-F1 by the bootstrap over evaluation rows (Efron & Tibshirani 1993).
+
+    With scarce labels the validation split is small (120 rows in rank_study): two trials .03 apart in macro-F1
+    are often within one SE of each other, and selection has to know that (sweeps.select compares with it).
+    Seeded, so the same predictions always give the same SE.
+    """
+    n = len(y_true)
+    if n < 2:
+        return {"accuracy_se": float("nan"), "macro_f1_se": float("nan")}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    t, p = y_true[idx], y_pred[idx]
+    acc = (t == p).mean(axis=1)
+    classes = np.union1d(y_true, y_pred)
+    f1 = np.zeros((resamples, len(classes)))
+    present = np.zeros((resamples, len(classes)), dtype=bool)
+    for j, c in enumerate(classes):
+        tp = ((p == c) & (t == c)).sum(axis=1)
+        fp = ((p == c) & (t != c)).sum(axis=1)
+        fn = ((p != c) & (t == c)).sum(axis=1)
+        denom = 2 * tp + fp + fn
+        f1[:, j] = np.divide(2 * tp, denom, out=np.zeros(resamples), where=denom > 0)
+        present[:, j] = denom > 0  # macro_f1's label set: classes seen in y_true or y_pred of this resample
+    macro = (f1 * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+    return {"accuracy_se": float(acc.std(ddof=1)), "macro_f1_se": float(macro.std(ddof=1))}
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """accuracy and macro-F1 with their bootstrap standard errors."""
+    return {"accuracy": float(np.mean(y_pred == y_true)), "macro_f1": macro_f1(y_true, y_pred),
+            **bootstrap_se(y_true, y_pred)}
+
+
 def class_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
     """Inverse class frequency, normalised to mean 1 over the classes present (absent classes get 0)."""
     counts = np.bincount(labels, minlength=num_labels).astype(np.float64)
@@ -105,14 +143,14 @@ def class_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
 
 
 def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -> dict[str, float]:
-    """accuracy, macro_f1 and (unweighted) cross-entropy loss on a tokenized split."""
+    """accuracy, macro_f1 (each with its bootstrap SE) and (unweighted) cross-entropy loss on a tokenized split."""
     model.eval()
     cols = _columns(ds)
     lengths = np.array([len(x) for x in cols["input_ids"]])
     preds, golds, loss_sum = [], [], 0.0
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size * 2, np.random.default_rng(0), shuffle=False):
-            batch = _collate(cols, idx, pad_id, device)
+            batch = collate(cols, idx, pad_id, device)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits = logits.float()
@@ -120,14 +158,13 @@ def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -
             preds.append(logits.argmax(-1).cpu().numpy())
             golds.append(batch["labels"].cpu().numpy())
     y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
-    return {"accuracy": float(np.mean(y_pred == y_true)), "macro_f1": macro_f1(y_true, y_pred),
-            "loss": loss_sum / len(y_true)}
+    return {**scores(y_true, y_pred), "loss": loss_sum / len(y_true)}
 
 
 class ClassificationTask:
     """Batches, loss and evaluation of sequence classification for the training loop below."""
 
-    metric_keys = ("accuracy", "macro_f1", "loss")
+    metric_keys = ("accuracy", "macro_f1", "loss", "accuracy_se", "macro_f1_se")
 
     def __init__(self, spec: SweepSpec, params: TrialParams, tokenizer):
         self.params, self.pad_id = params, tokenizer.pad_token_id
@@ -145,7 +182,7 @@ class ClassificationTask:
 
     def train_batches(self, rng: np.random.Generator, device: str, batches_of):
         for idx in batches_of(self.lengths, self.params.batch_size, rng, True, self.sample_w):
-            yield _collate(self.cols, idx, self.pad_id, device)
+            yield collate(self.cols, idx, self.pad_id, device)
 
     def loss(self, model, batch) -> tuple[torch.Tensor, int]:
         if self._loss_fn is None:
@@ -157,6 +194,14 @@ class ClassificationTask:
 
     def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
+
+    def probe_parts(self, params: TrialParams, base_hash: str) -> dict:
+        """Cache key of this task's linear probe (sweeps.probe): base, quantization, pooling, tokens, seed."""
+        d = self.spec.data
+        return {"kind": "linear-probe", "base": base_hash, "quantization": params.quantization,
+                "double_quant": params.double_quant, "pooling": params.pooling, "seed": self.spec.seed,
+                "k_per_class": params.k_per_class,
+                "tokens": data.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
 
     def save_extras(self, adapter_dir: Path) -> None:
         (adapter_dir / "labels.json").write_text(json.dumps(self.data.labels))

@@ -365,6 +365,11 @@ def _cache_path(task: TaskData, tokenizer, max_length: int, cache_root: Path | N
     return root / "tokenized" / (key if truncation == "head" else f"{key}-{truncation}")
 
 
+def tokenized_key(task: TaskData, tokenizer, max_length: int, truncation: str = "head") -> str:
+    """Names the splits exactly as tokenized (tokenizer, length, truncation, data): a cache key for derived figures."""
+    return _tokenize_key(task, tokenizer, max_length) + f"-{truncation}"
+
+
 def truncation_stats(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None,
                      truncation: str = "head") -> dict:
     """Per split: examples, truncated (count longer than max_length), median/p90/max length in tokens."""

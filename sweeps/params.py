@@ -17,7 +17,7 @@ COMMON_METRICS = {
     "loss", "peak_memory_mb", "peak_memory_bytes", "base_weight_bytes", "trainable_params", "total_params",
     "train_seconds", "tokens_per_second",
 }
-CLASSIFICATION_METRICS = COMMON_METRICS | {"accuracy", "macro_f1"}
+CLASSIFICATION_METRICS = COMMON_METRICS | {"accuracy", "macro_f1", "accuracy_se", "macro_f1_se"}
 INSTRUCTION_METRICS = COMMON_METRICS | {"perplexity", "routing_accuracy"}
 
 LAYERS_PATTERN = re.compile(r"^(all|lower-half|upper-half|\d+-\d+|\d+)$")
@@ -27,8 +27,10 @@ class TrialParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- PEFT method and adapter shape
-    method: Literal["lora", "dora", "rslora"] = Field(
-        "lora", description="lora; dora (weight-decomposed LoRA); rslora (alpha/sqrt(r) scaling)."
+    method: Literal["lora", "dora", "rslora", "head-only"] = Field(
+        "lora", description="lora; dora (weight-decomposed LoRA); rslora (alpha/sqrt(r) scaling); head-only "
+        "(classification: the base stays frozen and only the head trains, a rank-0 adapter: with head_init: probe "
+        "it is the linear probe, fine-tuned; rank, alpha, target and layers are then ignored).",
     )
     rank: int = Field(8, ge=1, le=1024, description="LoRA rank r: the inner dimension of B·A.")
     alpha: float | None = Field(
@@ -46,6 +48,17 @@ class TrialParams(BaseModel):
         "mean",
         description="Classification, BERT family: classify the mask-weighted mean of the last hidden states "
         "(what sentence-embedding checkpoints such as MiniLM were trained for) or the pooled [CLS] vector.",
+    )
+    head_init: Literal["random", "probe"] = Field(
+        "random",
+        description="Classification: start the head from random weights, or from the linear probe on the frozen "
+        "base (LP-FT, Kumar et al. 2022): the adapter then trains against a head that already fits the features, "
+        "instead of absorbing a random head's large early gradients. The probe is fitted once per base and data.",
+    )
+    restore_best: bool = Field(
+        False,
+        description="Keep the weights of the best validation epoch (macro_f1 for classification, loss for "
+        "instruction) instead of the last; the trial's metrics are that epoch's (best_epoch says which).",
     )
     # --- quantization of the frozen base (bitsandbytes)
     quantization: Literal["none", "int8", "nf4", "fp4"] = Field(

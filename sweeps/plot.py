@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 _FRONT = "#1f77b4"
 _CHOSEN = "#d62728"
 _DOMINATED = "#b0b0b0"
+_REF_COLORS = ("#8c564b", "#2ca02c", "#9467bd")  # baselines: dashed vertical lines
 
 
 def _label(name: str, direction: str) -> str:
@@ -108,13 +109,15 @@ def pareto_plot(
     chosen: int | None,
     path: pathlib.Path,
     title: str = "",
+    references: dict[str, float] | None = None,
 ) -> pathlib.Path:
     """Write a PNG of the sweep's trade-offs and return its path.
 
     2 objectives: obj0 vs obj1 with the front as a staircase.  3+ objectives: one panel per (obj0, obj_k),
     the third objective (obj2) as the colour of front points in every panel.  Dominated trials are grey,
     front trials larger and outlined, the chosen one a red star; every point carries its trial number (a
-    "trial_number" key of the trial when present, else its index in `trials`).
+    "trial_number" key of the trial when present, else its index in `trials`).  `references` (name -> value of
+    the first objective, e.g. the majority class and the linear probe) are drawn as labelled vertical lines.
     """
     if len(objectives) < 2:
         raise ValueError(f"pareto_plot needs at least 2 objectives, got {len(objectives)}")
@@ -150,6 +153,9 @@ def pareto_plot(
             ax.set_ylabel(_label(names[k], dirs[k]))
             if len(names) >= 3:
                 ax.set_title(f"{names[0]} vs {names[k]}", fontsize=10)
+            for j, (ref_name, value) in enumerate((references or {}).items()):
+                ax.axvline(value, color=_REF_COLORS[j % len(_REF_COLORS)], linestyle="--", linewidth=1.0,
+                           label=f"{ref_name} {value:.3f}", zorder=1)
         for ax in list(axes.flat)[npanels:]:
             ax.set_visible(False)
         axes.flat[0].legend(loc="best", fontsize=8, framealpha=0.85)

@@ -31,6 +31,9 @@ class LiveView:
 
     def attach(self, coordinator: Any) -> None:
         self.coordinator = coordinator
+        refs = reference_text(getattr(coordinator, "baselines", {}) or {}, self.spec.metric_names()[0])
+        if refs and self.live is None:  # plain mode: once, before the trial lines
+            self.console.print(refs, highlight=False)
 
     def __enter__(self) -> LiveView:
         if self.enabled:
@@ -94,7 +97,11 @@ class LiveView:
                 *[fmt(row.params.get(k)) for k in self.spec.search.space],
                 *[fmt(row.metrics.get(m)) for m in metrics], row.reason or "",
             )
-        return Group(table, Text(f"{self._summary()}   (* = on the current Pareto front)", style="dim"))
+        footer = [Text(f"{self._summary()}   (* = on the current Pareto front)", style="dim")]
+        refs = reference_text(getattr(self.coordinator, "baselines", {}) or {}, metrics[0]) if metrics else ""
+        if refs:
+            footer.append(Text(refs, style="dim"))
+        return Group(table, *footer)
 
     def _front(self, rows: list) -> set[int]:
         metrics = self.spec.metric_names()
@@ -106,6 +113,18 @@ class LiveView:
         tol = tolerance_matrix([r.metrics for r in done], objectives, self.spec.tolerances())
         mask = pareto_mask([[r.metrics[m] for m in metrics] for r in done], self.spec.directions(), tol)
         return {r.number for r, keep in zip(done, mask, strict=True) if keep}
+
+
+def reference_text(baselines: dict[str, dict[str, float]], metric: str, split: str = "validation") -> str:
+    """'baselines (validation macro_f1): majority .264, linear probe .471 ± .045' ('' when there are none)."""
+    shown = []
+    for name, figures in baselines.items():
+        value = figures.get(f"{split}.{metric}")
+        if value is None:
+            continue
+        se = figures.get(f"{split}.{metric}_se")
+        shown.append(f"{name.replace('-', ' ')} {value:.3f}" + (f" ± {se:.3f}" if se is not None else ""))
+    return f"baselines ({split} {metric}): " + ", ".join(shown) if shown else ""
 
 
 def _duration(seconds: float) -> str:

@@ -43,6 +43,7 @@ class ParetoReport:
     plot_path: Path | None
     counts: dict[str, int] = field(default_factory=dict)
     tolerances: list[str] = field(default_factory=list)  # how each objective's tolerance was resolved
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)  # majority / linear probe figures
 
     def front_records(self) -> list[TrialRecord]:
         return [r for r, keep in zip(self.records, self.front, strict=True) if keep]
@@ -99,33 +100,55 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
         counts[r.state] = counts.get(r.state, 0) + 1
     plot_path = None
     parent = tracker.parent_run(spec.name)
+    baselines = tracker.baselines(spec.name)
     if plot:
         from sweeps.plot import pareto_plot
 
         chosen = choose(trials, objectives, DEFAULT_POLICY, tol)  # the star: what `sweep promote` would pick
         plot_path = store.store_dir() / "plots" / f"{spec.name}-pareto.png"
         plot_path.parent.mkdir(parents=True, exist_ok=True)
+        first = names[0]
+        refs = {name.replace("-", " "): figs[f"validation.{first}"] for name, figs in baselines.items()
+                if f"validation.{first}" in figs}
         pareto_plot([{**r.metrics, "trial_number": r.trial_number} for r in records],
                     objectives, list(mask), chosen, plot_path,
-                    title=f"sweep {spec.name}")
+                    title=f"sweep {spec.name}", references=refs)
         if parent:
             tracker.log_artifact(parent, plot_path)
-    if parent:
+    if parent:  # the front as a table of the parent run (its Artifacts tab, and the evaluation view)
+        tracker.log_rows(parent, "pareto_front.json", [
+            {"trial": r.trial_number, "run_id": r.run_id, **{k: r.params.get(k) for k in _FRONT_PARAMS},
+             **{m: r.metrics[m] for m in names}} for r, keep in zip(records, mask, strict=True) if keep])
         tracker.log_metrics(parent, {"hypervolume": hv, "hypervolume_normalized": nhv,
                                      "front_size": float(mask.sum()), "trials_complete": float(len(records))})
     return ParetoReport(spec, records, mask.tolist(), hv, nhv, plot_path, counts,
-                        describe_tolerances(trials, objectives, spec.tolerances()))
+                        describe_tolerances(trials, objectives, spec.tolerances()), baselines)
 
 
+_FRONT_PARAMS = ("method", "rank", "effective_alpha", "target", "layers", "quantization", "learning_rate")
 # Held-out figures a promotion prints; zero_shot_* are the untuned base's on the same split (instruction task).
 _SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "routing_accuracy", "zero_shot_loss",
           "zero_shot_routing_accuracy")
+
+
+def versus_baselines(test: dict[str, float], baselines: dict[str, dict[str, float]], metric: str = "macro_f1"
+                     ) -> str:
+    """'test macro_f1 .561, linear probe .470 (+.091), majority .264 (+.297)': the adapter against its references."""
+    if metric not in test:
+        return ""
+    parts = [f"test {metric} {test[metric]:.3f}"]
+    for name, figures in baselines.items():
+        ref = figures.get(f"test.{metric}")
+        if ref is not None:
+            parts.append(f"{name.replace('-', ' ')} {ref:.3f} ({test[metric] - ref:+.3f})")
+    return ", ".join(parts)
 
 
 @dataclass
 class Promotion:
     name: str
     entries: list[dict[str, Any]]
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = []
@@ -134,6 +157,9 @@ class Promotion:
             verb = "registered" if e["created"] else "already registered"
             lines.append(f"{verb} models:/{self.name}/{e['version']} (trial {e['trial_number']}) aliases "
                          f"{', '.join(e['aliases'])}; held-out test: {test or 'not evaluated'}")
+            versus = versus_baselines(e["test_metrics"], self.baselines)
+            if versus:
+                lines.append(f"    {versus}")
         return "\n".join(lines)
 
 
@@ -159,15 +185,30 @@ def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] |
             by_index.setdefault(idx, []).append(alias)
     study = Study(spec, store.study_storage(spec.infra.study_storage))
     sampled = {t.number: t.params for t in study.trials()}
+    baselines = sweep_baselines(spec, tracker)
     entries = []
     # Register the non-champion versions first so the champion is the newest version of the name.
     for idx in sorted(by_index, key=lambda i: i == chosen):
-        entries.append(_promote_one(tracker, spec, records[idx], name, by_index[idx], sampled, policy))
-    return Promotion(name, entries)
+        entries.append(_promote_one(tracker, spec, records[idx], name, by_index[idx], sampled, policy, baselines))
+    return Promotion(name, entries, baselines)
+
+
+def sweep_baselines(spec: SweepSpec, tracker: Tracker) -> dict[str, dict[str, float]]:
+    """The sweep's baseline runs; a sweep run before baselines existed gets them now (cached, logged)."""
+    found = tracker.baselines(spec.name)
+    parent = tracker.parent_run(spec.name)
+    if found or spec.task != "classification" or parent is None:
+        return found
+    from sweeps.runner import reference_points
+
+    found = reference_points(spec)
+    for name, figures in found.items():
+        tracker.log_baseline(spec.name, parent, name, figures, {"baseline": name, "base_model": spec.model.base})
+    return found
 
 
 def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str, aliases: list[str],
-                 sampled: dict[int, dict], policy: str) -> dict[str, Any]:
+                 sampled: dict[int, dict], policy: str, baselines: dict | None = None) -> dict[str, Any]:
     from sweeps.worker import trial_params
 
     params = trial_params(spec, sampled.get(rec.trial_number, {}))
@@ -186,7 +227,12 @@ def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str,
         "peft": json.dumps({k: v for k, v in params.flat().items() if k in ("method", "rank", "effective_alpha",
                                                                              "dropout", "target", "layers")}),
         **{f"val.{k}": f"{v:.6g}" for k, v in rec.metrics.items()},
+        **{f"baseline.{b}.{k}": f"{v:.6g}" for b, figs in (baselines or {}).items() for k, v in figs.items()
+           if k.split(".")[0] in ("validation", "test")},
     }
+    versus = versus_baselines(test_metrics, baselines or {})
+    if versus:
+        lineage["versus_baselines"] = versus
     version, created = registry.promote(tracker, name, rec.run_id, aliases, lineage, test_metrics or None)
     return {"version": version, "created": created, "trial_number": rec.trial_number, "aliases": aliases,
             "test_metrics": test_metrics, "run_id": rec.run_id}

@@ -71,6 +71,7 @@ class Coordinator:
         self.heartbeat_s, self.max_missed = HEARTBEAT_S, MAX_MISSED_BEATS
         self.missed = 0  # consecutive failed beats
         self.stop_reason: str | None = None
+        self.baselines: dict[str, dict[str, float]] = {}  # name -> figures, for the live view's footer
 
     def _beat(self) -> None:
         faults.point("driver.heartbeat", driver=self.driver)
@@ -280,8 +281,11 @@ def budget(spec: SweepSpec) -> int:
 def open_sweep(spec: SweepSpec, spec_text: str) -> tuple[Study, Tracker, str]:
     study = Study(spec, store.study_storage(spec.infra.study_storage))
     tracker = Tracker(store.tracking_uri(spec.infra.tracking_uri))
+    from sweeps import inputs
+
     parent = tracker.start_sweep(spec.name, spec_text, spec.description,
-                                 extra_tags={"sweeps.base_model": spec.model.base, "sweeps.task": spec.task})
+                                 extra_tags={"sweeps.base_model": spec.model.base, "sweeps.task": spec.task},
+                                 datasets=inputs.describe(spec))
     return study, tracker, parent
 
 
@@ -291,20 +295,24 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     # Data, model and target checks first: a bad data file or a target group the model lacks fails here,
     # before any study, experiment or run is created.
     prepare(spec)
+    refs = reference_points(spec)  # majority class and linear probe: computed once per base and data, cached
     lock = store.driver_lock(store.study_storage(spec.infra.study_storage), spec.name)  # SQLite: one driver
     try:
-        return _run_locked(spec, spec_text, address, listener, on_coordinator, started)
+        return _run_locked(spec, spec_text, address, listener, on_coordinator, started, refs)
     finally:
         if lock is not None:
             lock.close()
 
 
 def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: Any, on_coordinator: Any,
-                started: float) -> SweepOutcome:
+                started: float, refs: dict | None = None) -> SweepOutcome:
     study, tracker, parent = open_sweep(spec, spec_text)
+    for name, figures in (refs or {}).items():  # runs of the experiment beside the trials, tagged as baselines
+        tracker.log_baseline(spec.name, parent, name, figures, {"baseline": name, "base_model": spec.model.base})
     notes = reconcile(spec, study, tracker)
     remaining = budget(spec) - study.asked()
     coordinator = Coordinator(spec, study, tracker, parent, max(0, remaining), listener)
+    coordinator.baselines = dict(refs or {})
     if on_coordinator:
         on_coordinator(coordinator)
     if remaining > 0:
@@ -323,6 +331,15 @@ def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: 
     interrupted = len([r for r in coordinator.rows.values() if r.state == "INTERRUPTED"])
     return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes, interrupted,
                         coordinator.stop_reason)
+
+
+def reference_points(spec: SweepSpec) -> dict[str, dict[str, float]]:
+    """The sweep's baselines (sweeps.worker.baselines); SWEEPS_BASELINES=0 skips them (tests of other parts)."""
+    import os
+
+    from sweeps.worker import baselines
+
+    return baselines(spec) if os.environ.get("SWEEPS_BASELINES", "1") != "0" else {}
 
 
 def prepare(spec: SweepSpec) -> None:

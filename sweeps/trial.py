@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import adapters, memory, models, reuse
+from sweeps import adapters, memory, models, probe, reuse
 from sweeps.classify import ClassificationTask, length_batches
 from sweeps.memory import PeakMemory
 from sweeps.params import TrialParams
@@ -113,6 +113,7 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
     # batches of many lengths fragment glibc's heap: hand grown free pages back (SWEEPS_TRIM_HEAP=0: never)
     heap = memory.HeapGuard() if device_type == "cpu" and os.environ.get("SWEEPS_TRIM_HEAP", "1") != "0" else None
     history: list[dict] = []
+    best: tuple[float, int, dict] | None = None  # (score, epoch, trainable weights) when params.restore_best
     t0 = time.perf_counter()
     for epoch in range(1, params.epochs + 1):
         model.train()
@@ -147,6 +148,17 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
         if report is not None:
             report(dict(row))
         _check_memory(params, pm, f"after epoch {epoch}")
+        if params.restore_best:
+            score = metrics["macro_f1"] if "macro_f1" in metrics else -metrics["loss"]
+            if best is None or score > best[0]:
+                # only the trainable tensors (adapter + head): a few MB at most, charged to the trial like the rest
+                best = (score, epoch, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    if best is not None and best[1] != params.epochs:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best[2]:
+                    p.copy_(best[2][n])
+    stats["best_epoch"] = best[1] if best is not None else len(history)
     return history
 
 
@@ -175,6 +187,17 @@ def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: s
     return model
 
 
+def _probe_for(spec: SweepSpec, params: TrialParams, model, task, device: str, base):
+    """(head name, linear probe) when the trial warm-starts its head (head_init: probe), else None."""
+    if params.head_init != "probe" or spec.task != "classification":
+        return None
+    head = probe.head_module(model)
+    if head is None:
+        raise TrialFailed(f"head_init=probe: {type(model).__name__} has no linear classifier/score head")
+    name = "classifier" if getattr(model, "classifier", None) is head else "score"
+    return name, probe.compute(model, task, device, task.probe_parts(params, models.content_hash(base)))
+
+
 def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
               report: Callable[[dict], None] | None = None, device: str | None = None) -> TrialResult:
     device = pick_device(device)
@@ -191,7 +214,10 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         model = _load(spec, params, base, tokenizer, task, device, peak=pm)
         stats["base_weight_bytes"] = models.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
+        probe_head = _probe_for(spec, params, model, task, device, base)
         model = adapters.apply_peft(model, params, spec.task, task.num_labels)
+        if probe_head is not None:  # LP-FT: the trained head copy starts from the probe, the base keeps its own
+            probe.init_head(adapters.trained_head(model, probe_head[0]), probe_head[1])
         n_trainable, stats["total_params"] = adapters.trainable_params(model)
         if spec.task == "instruction":  # the untuned base, computed once per base and quantization (baseline)
             zero, before = task.zero_shot(model, device, bf16, base,
@@ -206,8 +232,9 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         tables["generations.json"] = task.table(before, task.generations(model, device))
     target_modules = sorted(model.peft_config["default"].target_modules)
     reuse.release(model)  # the base waits for this worker's next trial; a failed trial's is cleaned up then
-    final = history[-1]
+    final = history[stats["best_epoch"] - 1]
     metrics = {k: float(final[k]) for k in task.metric_keys if k in final}
+    metrics["best_epoch"] = float(stats["best_epoch"])
     metrics.update(extra, peak_memory_bytes=float(pm.peak_bytes), peak_memory_mb=pm.peak_mb,
                    base_weight_bytes=float(stats["base_weight_bytes"]), trainable_params=float(n_trainable),
                    total_params=float(stats["total_params"]), train_seconds=stats["train_seconds"],

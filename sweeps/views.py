@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sweeps.progress import fmt as _fmt
+from sweeps.progress import reference_text
 from sweeps.track import Tracker
 
 _STATE_STYLE = {"COMPLETE": "green", "FAILED": "red", "PRUNED": "yellow", "RUNNING": "cyan"}
@@ -34,7 +35,7 @@ def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
     tracker = tracker or Tracker()
     spec = sweep_spec(tracker, sweep)
     axes, metrics = list(spec.search.space), spec.metric_names()
-    table = Table(title=f"sweep {sweep}")
+    table = Table(title=f"sweep {sweep}", caption=reference_text(tracker.baselines(sweep), metrics[0]) or None)
     for col in ("trial", "state", *axes, *metrics, "reason"):
         table.add_column(col, max_width=40 if col == "reason" else None, no_wrap=col in ("trial", "state"),
                          overflow="fold")
@@ -49,7 +50,8 @@ def front_table(report) -> Table:
     names = report.spec.metric_names()
     axes = list(report.spec.search.space)
     table = Table(title=f"Pareto front of {report.spec.name}: {sum(report.front)} of {len(report.records)} "
-                        f"complete trials")
+                        f"complete trials",
+                  caption=reference_text(report.baselines, names[0]) or None)
     for col in ("trial", *axes, *[f"{m} ({d[:3]})" for m, d in zip(names, report.spec.directions(), strict=True)]):
         table.add_column(col)
     for rec in sorted(report.front_records(), key=lambda r: -r.metrics[names[0]]):

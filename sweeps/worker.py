@@ -131,3 +131,35 @@ def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str
              for split in ("train", "validation", "test") if getattr(chats, split)}
     return {"base": str(base), "labels": chats.categories, "truncation": stats,
             "sizes": {k: len(getattr(chats, k)) for k in ("train", "validation", "test") if getattr(chats, k)}}
+
+
+def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
+    """The sweep's reference points, computed once per base and data (cached, sweeps.probe): name -> figures.
+
+    `majority` (always the most frequent training class) and `linear-probe` (the frozen, unquantized base with
+    the spec's pooling and a class-weighted logistic-regression head chosen on validation). Each gets
+    `validation.*` and `test.*` figures; the test split is only ever reported beside them, never selected on.
+    Empty for the instruction task, whose reference is the untuned base (zero_shot_* on every trial).
+    """
+    if spec.task != "classification":
+        return {}
+    from sweeps import models, probe, trial
+
+    params = trial_params(spec, {}).model_copy(update={"quantization": "none"})
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    task = trial._task(spec, params, tokenizer)
+    device = trial.pick_device(None)
+    parts = task.probe_parts(params, models.content_hash(base))
+    fit = probe.cached(parts)
+    if fit is None:
+        model = trial._load(spec, params, base, tokenizer, task, device)
+        fit = probe.compute(model, task, device, parts)
+        del model
+    out = {}
+    for name, figures in (("majority", fit["majority"]), ("linear-probe", fit)):
+        out[name] = {f"{split}.{k}": float(v) for split in ("validation", "test") if split in figures
+                     for k, v in figures[split].items()}
+    out["linear-probe"]["weight_decay"] = float(fit["weight_decay"])
+    out["linear-probe"]["trainable_params"] = float(len(fit["bias"]) * (len(fit["weight"][0]) + 1))
+    return out

@@ -28,7 +28,7 @@ OWNERS = {
 }
 # the trial code must run without a cluster or a tracking server
 TRIAL_SIDE = {"trial", "classify", "instruct", "chat", "models", "adapters", "memory", "data", "worker", "reuse",
-              "prefix"}
+              "prefix", "probe"}
 FORBIDDEN_ON_TRIAL_SIDE = {"ray", "mlflow", "optuna"}
 
 

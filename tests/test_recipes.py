@@ -1,0 +1,89 @@
+"""Recipes for scarce labels and their evidence: bootstrap SEs, the linear probe, LP-FT, head-only, best epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sweeps import classify, models, probe, trial
+from sweeps.params import TrialParams
+from tests.test_trial import make_spec, store, tiny_csv, tiny_model_dir  # noqa: F401, F811 - fixtures
+
+
+def test_bootstrap_se_is_seeded_zero_when_certain_and_shrinks_with_rows():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    assert classify.bootstrap_se(y, y) == {"accuracy_se": 0.0, "macro_f1_se": 0.0}
+    noisy = np.where(rng.random(400) < 0.4, rng.integers(0, 3, 400), y)
+    small, large = classify.bootstrap_se(y[:100], noisy[:100]), classify.bootstrap_se(y, noisy)
+    assert small == classify.bootstrap_se(y[:100], noisy[:100])  # same predictions, same SE
+    # SE ~ 1/sqrt(n): 4x the rows, about half the SE
+    assert 0.35 < large["macro_f1_se"] / small["macro_f1_se"] < 0.7
+    assert 0.01 < small["accuracy_se"] < 0.1
+
+
+def test_linear_probe_recovers_a_linear_rule_and_folds_its_standardisation():
+    rng = np.random.default_rng(1)
+    x = rng.normal(3.0, 5.0, (300, 8))  # far from standardised: the folded head must undo the scaling
+    y = (x[:, 0] - 3 > 0).astype(int) + (x[:, 1] - 3 > 4).astype(int)
+    fit = probe.linear_probe((x[:200], y[:200]), (x[200:], y[200:]), 3)
+    assert fit["validation"]["macro_f1"] > 0.8
+    pred = (x[200:] @ np.array(fit["weight"]).T + np.array(fit["bias"])).argmax(1)
+    assert classify.macro_f1(y[200:], pred) == pytest.approx(fit["validation"]["macro_f1"])
+    floor = probe.majority(y[:200], {"validation": y[200:]})
+    assert floor["validation"]["macro_f1"] < fit["validation"]["macro_f1"]
+
+
+def test_probe_head_loaded_into_the_model_scores_what_the_probe_scored(store, tiny_model_dir, tiny_csv):
+    spec = make_spec(tiny_model_dir, tiny_csv)
+    params = spec.params
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base)
+    task = trial._task(spec, params, tokenizer)
+    model = trial._load(spec, params, base, tokenizer, task, "cpu")
+    fit = probe.compute(model, task, "cpu", task.probe_parts(params, models.content_hash(base)))
+    probe.init_head(probe.head_module(model), fit)
+    scored = classify.evaluate(model, task.splits["validation"], task.pad_id, 8, "cpu", bf16=False)
+    assert scored["macro_f1"] == pytest.approx(fit["validation"]["macro_f1"], abs=1e-6)
+    assert set(fit) >= {"train", "validation", "majority", "weight", "bias"}  # (this CSV has no test split)
+
+
+def test_head_only_trains_the_head_alone_and_lp_ft_starts_from_the_probe(store, tiny_model_dir, tiny_csv,
+                                                                         tmp_path):
+    # head-only + LP-FT with a vanishing learning rate: the trial's head is the probe's, so it scores the probe
+    spec = make_spec(tiny_model_dir, tiny_csv, method="head-only", head_init="probe", learning_rate=1e-12,
+                     head_lr_ratio=1.0, epochs=1)
+    result = trial.run_trial(spec, spec.params, tmp_path / "h", device="cpu")
+    hidden, labels = 32, 3
+    assert result.metrics["trainable_params"] == hidden * labels + labels  # the classifier (mean pooling: no pooler)
+    base = models.resolve_base(spec.model)
+    task = trial._task(spec, spec.params, models.load_tokenizer(base))
+    fit = probe.cached(task.probe_parts(spec.params, models.content_hash(base)))
+    assert fit is not None  # the trial computed it once and kept it
+    assert result.metrics["macro_f1"] == pytest.approx(fit["validation"]["macro_f1"], abs=1e-6)
+    from safetensors.torch import load_file
+
+    saved = load_file(result.adapter_dir / "adapter_model.safetensors")
+    lora_b = [v for k, v in saved.items() if "lora_B" in k]
+    assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)  # the frozen LoRA adds nothing
+    again = trial.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
+    assert again["macro_f1"] == pytest.approx(result.metrics["macro_f1"])
+
+
+def test_restore_best_keeps_the_best_epoch(store, tiny_model_dir, tiny_csv, tmp_path):
+    spec = make_spec(tiny_model_dir, tiny_csv, epochs=4, restore_best=True, learning_rate=2e-2)
+    result = trial.run_trial(spec, spec.params, tmp_path / "b", device="cpu")
+    scores = [row["macro_f1"] for row in result.history]
+    best = int(np.argmax(scores)) + 1
+    assert result.metrics["best_epoch"] == best
+    assert result.metrics["macro_f1"] == pytest.approx(max(scores))
+    again = trial.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
+    assert again["macro_f1"] == pytest.approx(max(scores))  # the saved adapter is the best epoch's
+
+
+def test_head_only_is_a_valid_search_point():
+    params = TrialParams(method="head-only")
+    assert params.method == "head-only"
+    with pytest.raises(ValueError, match="method"):
+        TrialParams(method="head")
