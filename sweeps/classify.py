@@ -19,8 +19,9 @@ from sweeps.spec import SweepSpec
 _BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
 
 
-def prepare_data(spec: SweepSpec, params: TrialParams, tokenizer) -> tuple[data.TaskData, dict]:
-    task = data.load_classification(spec.data, spec.seed)
+def prepare_data(spec: SweepSpec, params: TrialParams, tokenizer, fold: int | None = None
+                 ) -> tuple[data.TaskData, dict]:
+    task = data.load_classification(spec.data, spec.seed, fold)
     splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     if params.k_per_class:
         train = data.few_shot(task.train, params.k_per_class, spec.seed)
@@ -144,10 +145,17 @@ def class_weights(labels: np.ndarray, num_labels: int) -> torch.Tensor:
 
 def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -> dict[str, float]:
     """accuracy, macro_f1 (each with its bootstrap SE) and (unweighted) cross-entropy loss on a tokenized split."""
+    y_true, y_pred, loss_sum = predict(model, ds, pad_id, batch_size, device, bf16)
+    return {**scores(y_true, y_pred), "loss": loss_sum / len(y_true)}
+
+
+def predict(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+    """(gold labels, predicted labels, summed cross-entropy) of a tokenized split, in the split's row order."""
     model.eval()
     cols = _columns(ds)
     lengths = np.array([len(x) for x in cols["input_ids"]])
-    preds, golds, loss_sum = [], [], 0.0
+    preds, golds, rows, loss_sum = [], [], [], 0.0
     with torch.inference_mode():
         for idx in length_batches(lengths, batch_size * 2, np.random.default_rng(0), shuffle=False):
             batch = collate(cols, idx, pad_id, device)
@@ -156,9 +164,12 @@ def evaluate(model, ds, pad_id: int, batch_size: int, device: str, bf16: bool) -
             logits = logits.float()
             loss_sum += torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum").item()
             preds.append(logits.argmax(-1).cpu().numpy())
+            rows.append(idx)
             golds.append(batch["labels"].cpu().numpy())
-    y_pred, y_true = np.concatenate(preds), np.concatenate(golds)
-    return {**scores(y_true, y_pred), "loss": loss_sum / len(y_true)}
+    order = np.concatenate(rows)
+    y_pred, y_true = np.empty(len(order), dtype=np.int64), np.empty(len(order), dtype=np.int64)
+    y_pred[order], y_true[order] = np.concatenate(preds), np.concatenate(golds)
+    return y_true, y_pred, loss_sum
 
 
 class ClassificationTask:
@@ -166,9 +177,11 @@ class ClassificationTask:
 
     metric_keys = ("accuracy", "macro_f1", "loss", "accuracy_se", "macro_f1_se")
 
-    def __init__(self, spec: SweepSpec, params: TrialParams, tokenizer):
+    def __init__(self, spec: SweepSpec, params: TrialParams, tokenizer, fold: int | None = None):
         self.params, self.pad_id = params, tokenizer.pad_token_id
-        self.data, self.splits = prepare_data(spec, params, tokenizer)
+        self.data, self.splits = prepare_data(spec, params, tokenizer, fold)
+        # a cross-validation refit (data.folds, all training rows) has no validation split to score per epoch
+        self.has_validation = len(self.splits["validation"]) > 0
         self.num_labels = len(self.data.labels)
         self.cols = _columns(self.splits["train"])
         self.lengths = np.array([len(x) for x in self.cols["input_ids"]])
@@ -191,6 +204,10 @@ class ClassificationTask:
                                                       if weighted else None)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return self._loss_fn(logits.float(), batch["labels"]), int(batch["attention_mask"].sum())
+
+    def predict(self, model, device: str, bf16: bool, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+        y_true, y_pred, _ = predict(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
+        return y_true, y_pred
 
     def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)

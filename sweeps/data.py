@@ -223,7 +223,23 @@ def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[lis
     return _stratified_indices(codes, len(names), fraction, seed)
 
 
-def load_classification(data: DataSpec, seed: int) -> TaskData:
+def fold_of(labels: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
+    """Stratified fold number (0..folds-1) of every row: per class, a seeded shuffle dealt out round-robin."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(len(labels), dtype=np.int64)
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        out[idx] = np.arange(len(idx)) % folds
+    return out
+
+
+def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> TaskData:
+    """Train/validation/test of a classification source.
+
+    With `data.folds: K`, `fold=i` makes validation the i-th stratified fold of the training data and train the
+    other K-1 folds; `fold=None` then trains on all of it (the refit) and validation is empty. The test split is
+    the same in every case and never part of a fold.
+    """
     h = hashlib.sha256()
     raw, unescape = _read_source(data, h)
     test_raw, test_name = _test_split(data, raw, h)
@@ -243,14 +259,27 @@ def load_classification(data: DataSpec, seed: int) -> TaskData:
         raise DataError(f"{data.source}: class(es) with fewer than 2 examples cannot be split stratified: "
                         f"{small}")
     full = _to_dataset(texts, labels, names, f"{data.source} (train)")
-    train_idx, val_idx = _stratified_indices(np.asarray(list(full["label"])), len(names),
-                                             data.validation_fraction, seed)
+    codes = np.asarray(list(full["label"]))
+    if data.folds:
+        small = {name: n for name, n in counts.items() if n < data.folds}
+        if small:
+            raise DataError(f"{data.source}: data.folds={data.folds} needs at least {data.folds} examples of each "
+                            f"class; these have fewer: {small}")
+        assigned = fold_of(codes, len(names), data.folds, seed)
+        if fold is not None and not 0 <= fold < data.folds:
+            raise ValueError(f"fold {fold} out of range 0..{data.folds - 1}")
+        val_idx = [] if fold is None else np.flatnonzero(assigned == fold).tolist()
+        train_idx = np.flatnonzero(assigned != fold).tolist() if fold is not None else list(range(len(codes)))
+    else:
+        train_idx, val_idx = _stratified_indices(codes, len(names), data.validation_fraction, seed)
     test = None
     if test_raw is not None:
         test = _to_dataset(*_clean(test_raw, data, f"{test_name} (test)", unescape, dropped), names,
                            f"{test_name} (test)")
     settings = [_PREP_VERSION, data.validation_fraction, seed, data.text_column, data.label_column, names,
                 data.test]
+    if data.folds:  # a fold is another carve: its tokenized cache and fingerprint are its own
+        settings += [data.folds, fold]
     h.update(json.dumps(settings).encode())
     return TaskData(train=full.select(train_idx), validation=full.select(val_idx), test=test, labels=names,
                     fingerprint=h.hexdigest(), dropped=dropped)
@@ -314,6 +343,9 @@ def _head_tail(tokenizer, text: str, max_length: int) -> list[int]:
 def _encode(ds: datasets.Dataset, tokenizer, max_length: int, truncation: str = "head"
             ) -> tuple[datasets.Dataset, dict]:
     texts = list(ds["text"])  # datasets 4+ returns a lazy Column; the tokenizer wants a list
+    if not texts:  # a cross-validation refit has no validation rows
+        return ds, {"examples": 0, "truncated": 0, "max_length": max_length, "truncation": truncation,
+                       "median_tokens": 0.0, "p90_tokens": 0.0, "max_tokens": 0}
     # Untruncated first, to measure what truncation cuts; re-encode only the long ones with truncation.
     enc = tokenizer(texts, truncation=False, verbose=False)
     ids, mask = list(enc["input_ids"]), list(enc["attention_mask"])
@@ -351,10 +383,12 @@ def tokenize_splits(task: TaskData, tokenizer, max_length: int, cache_root: Path
         stats = {}
         for name, ds in splits.items():
             encoded, stats[name] = _encode(ds, tokenizer, max_length, truncation)
-            encoded.save_to_disk(str(tmp / name))
+            if len(encoded):  # an empty split (a cross-validation refit's validation) is not written
+                encoded.save_to_disk(str(tmp / name))
         (tmp / "truncation.json").write_text(json.dumps(stats, indent=1))
         _publish(tmp, final)
-    return {name: datasets.load_from_disk(str(final / name)) for name in splits}
+    return {name: datasets.load_from_disk(str(final / name)) if (final / name).is_dir() else
+            datasets.Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []}) for name in splits}
 
 
 def _cache_path(task: TaskData, tokenizer, max_length: int, cache_root: Path | None, truncation: str = "head"

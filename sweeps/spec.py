@@ -49,6 +49,14 @@ class DataSpec(BaseModel):
     validation_fraction: float = Field(
         0.2, gt=0.0, lt=0.9, description="Fraction of train carved out (stratified, seeded) for selection."
     )
+    folds: int | None = Field(
+        None, ge=2, le=20,
+        description="Classification: k-fold cross-validation over the training data instead of one carved-out "
+        "validation split (the usual answer to tiny validation splits). Each trial trains K times, each fold's "
+        "rows are scored by the model that did not see them, and the trial's metrics (with bootstrap SEs) are "
+        "over all training rows; the saved adapter is then refitted on all of them. K+1 trainings per trial; "
+        "the test split is never touched. validation_fraction is ignored.",
+    )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer inputs are truncated.")
     truncation: Literal["head", "head_tail"] = Field(
         "head_tail",

@@ -137,7 +137,7 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
             stats["tokens"] += tokens
         stats["train_seconds"] = time.perf_counter() - t0
         stats["heap_trims"] = heap.trims if heap is not None else 0
-        metrics = task.evaluate(model, device, bf16)
+        metrics = task.evaluate(model, device, bf16) if getattr(task, "has_validation", True) else {}
         t0 = time.perf_counter() - stats["train_seconds"]  # evaluation time is not training time
         row = {"epoch": epoch, **metrics, "train_loss": loss_sum / max(1, n_batches),
                "peak_memory_bytes": pm.peak_bytes, "peak_memory_mb": pm.peak_mb,
@@ -148,7 +148,7 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
         if report is not None:
             report(dict(row))
         _check_memory(params, pm, f"after epoch {epoch}")
-        if params.restore_best:
+        if params.restore_best and metrics:
             score = metrics["macro_f1"] if "macro_f1" in metrics else -metrics["loss"]
             if best is None or score > best[0]:
                 # only the trainable tensors (adapter + head): a few MB at most, charged to the trial like the rest
@@ -165,12 +165,13 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
 # ---------------------------------------------------------------- entry points
 
 
-def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",)):
+def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",),
+          fold: int | None = None):
     if spec.task == "instruction":
         from sweeps.instruct import InstructionTask  # torch-only module; imported late to keep this one's import light
 
         return InstructionTask(spec, params, tokenizer, splits)
-    task = ClassificationTask(spec, params, tokenizer)
+    task = ClassificationTask(spec, params, tokenizer, fold)
     for split in splits:
         if split not in task.splits:
             raise ValueError(f"split {split!r} not available; have {', '.join(sorted(task.splits))}")
@@ -199,13 +200,20 @@ def _probe_for(spec: SweepSpec, params: TrialParams, model, task, device: str, b
 
 
 def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
-              report: Callable[[dict], None] | None = None, device: str | None = None) -> TrialResult:
+              report: Callable[[dict], None] | None = None, device: str | None = None,
+              fold: int | str | None = None) -> TrialResult:
+    """Train and evaluate one configuration. With `data.folds` (classification) this is K fits and a refit
+    (sweeps.crossval); `fold` is then the fit to run: 0..K-1, or "all" for the refit on every training row."""
+    if spec.data.folds and spec.task == "classification" and fold is None:
+        from sweeps import crossval
+
+        return crossval.run(spec, params, Path(out_dir), report, device)
     device = pick_device(device)
     threads = _set_threads()
     _seed_everything(spec.seed)
     base = models.resolve_base(spec.model)
     tokenizer = models.load_tokenizer(base, spec.model.revision)
-    task = _task(spec, params, tokenizer)
+    task = _task(spec, params, tokenizer, fold=None if fold == "all" else fold)
     bf16 = _use_bf16(params, device)
     models.warm_imports(base, spec.task, params)
     stats = {"tokens": 0, "train_seconds": 0.0}
@@ -231,6 +239,8 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     if spec.task == "instruction" and spec.data.generation_examples:
         tables["generations.json"] = task.table(before, task.generations(model, device))
     target_modules = sorted(model.peft_config["default"].target_modules)
+    if fold not in (None, "all"):  # a cross-validation fit: its out-of-fold predictions, in row order
+        tables["predictions"] = dict(zip(("y_true", "y_pred"), task.predict(model, device, bf16), strict=True))
     reuse.release(model)  # the base waits for this worker's next trial; a failed trial's is cleaned up then
     final = history[stats["best_epoch"] - 1]
     metrics = {k: float(final[k]) for k in task.metric_keys if k in final}

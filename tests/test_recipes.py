@@ -8,7 +8,7 @@ import torch
 
 from sweeps import classify, models, probe, trial
 from sweeps.params import TrialParams
-from tests.test_trial import make_spec, store, tiny_csv, tiny_model_dir  # noqa: F401, F811 - fixtures
+from tests.test_trial import make_spec, store, tiny_csv, tiny_model_dir  # noqa: F401 - fixtures
 
 
 def test_bootstrap_se_is_seeded_zero_when_certain_and_shrinks_with_rows():
@@ -87,3 +87,31 @@ def test_head_only_is_a_valid_search_point():
     assert params.method == "head-only"
     with pytest.raises(ValueError, match="method"):
         TrialParams(method="head")
+
+
+def test_folds_score_every_training_row_once_and_never_touch_test(store, tiny_model_dir, tiny_csv, tmp_path):
+    from sweeps import data
+    from sweeps.spec import validate_dict
+
+    raw = make_spec(tiny_model_dir, tiny_csv).model_dump(mode="json")
+    raw["data"]["folds"] = 3
+    raw["data"]["test"] = str(tiny_csv)  # a test file: it must stay out of every fold
+    spec = validate_dict(raw)
+    pool = data.load_classification(spec.data, spec.seed, None)
+    assert len(pool.validation) == 0 and len(pool.train) == 60  # the refit trains on every training row
+    seen = []
+    for fold in range(3):
+        split = data.load_classification(spec.data, spec.seed, fold)
+        rows = list(zip(split.validation["text"], split.validation["label"], strict=True))
+        seen.append(rows)
+        assert len(split.train) + len(split.validation) == 60
+        assert len(split.test) == 60  # the same test split in every fold, never carved from
+        assert sorted(np.bincount(np.asarray(split.validation["label"]))) == [5, 5, 10]  # stratified
+    assert all(a != b for i, a in enumerate(seen) for b in seen[i + 1:])  # different validation rows per fold
+    assert sum(len(s) for s in seen) == 60
+    result = trial.run_trial(spec, spec.params, tmp_path / "cv", device="cpu")
+    assert result.metrics["folds"] == 3 and result.info["cv_rows"] == 60
+    assert 0 < result.metrics["macro_f1_se"] < 0.2
+    assert {"fold0_macro_f1", "fold1_macro_f1", "fold2_macro_f1"} <= set(result.metrics)
+    assert (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "cv" / "fold-0" / "adapter").exists()  # only the refit's adapter is kept
