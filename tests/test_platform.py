@@ -78,3 +78,13 @@ def test_ray_cluster_yaml_is_a_valid_ray_up_config():
     assert "--dashboard-host=127.0.0.1" in " ".join(config["head_start_ray_commands"])
     assert all("RAY_AUTH_MODE=token" in " ".join(config[k])
                for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+
+
+def test_postgres_extra_brings_the_mlflow_basic_auth_app():
+    # `mlflow server --app-name basic-auth` refuses to start without Flask-WTF (mlflow[auth]); the bootstrap
+    # installs the postgres extra, so the team server and tests/test_mlflow_auth.py have it.
+    import importlib.util
+
+    extra = re.search(r"^postgres = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), flags=re.M)
+    assert extra and '"mlflow[auth]' in extra.group(1), extra
+    assert importlib.util.find_spec("flask_wtf") is not None, "pip install -e '.[postgres]' (mlflow[auth])"
