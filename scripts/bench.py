@@ -1,6 +1,6 @@
 """The benchmark suite (issue #6): writes BENCHMARKS.md (and the raw figures, BENCHMARKS.json) at the repo root.
 
-    python scripts/bench.py                         # the default sections, about 45 min on 2 quiet cores
+    python scripts/bench.py                         # the default sections, about 85 min on 2 quiet cores
     python scripts/bench.py --quick                 # a smoke run: 120 training rows, 1 epoch, 1 repeat; minutes
     python scripts/bench.py --only overhead,hf      # some sections; the others' figures are kept
     python scripts/bench.py --only grid             # (re)build benchmarks/grid_reviews.csv (135 trials, resumable)
@@ -9,7 +9,10 @@ Sections: cli (sweep --help / validate), profile (where a trial's and a sweep's 
 (tokens/s: ours vs a plain PEFT loop, lever by lever), levers (macro-F1 of 8 configurations with every speed lever
 on, with bf16 off, and with bf16 and the frozen-prefix cache off: the speed must not cost accuracy), memory
 (none/int8/nf4/fp4), overhead (sweep run vs a bare loop of run_trial), hf (sweep run vs
-Trainer.hyperparameter_search), search (samplers replayed on the grid); not run unless named: grid.
+Trainer.hyperparameter_search), search (samplers replayed on the grid), memory_account (where a MiniLM trial's
+peak goes; the same trial's peak in a fresh and a reused process), recipes (scarce-label levers: LP-FT, epochs with
+best-epoch restore, all blocks, 128 tokens, head-only; 3 seeds each, test macro-F1 against the linear probe; about
+25 min on 2 quiet cores); not run unless named: grid.
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
 """
@@ -25,15 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import report, sections, sweeps_vs  # noqa: E402
+from benchkit import recipes, report, sections, sweeps_vs  # noqa: E402
 from benchkit.common import ROOT, Results, log, quick_data, workdir  # noqa: E402
 
 SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sections.throughput,
             "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
-            "search": sections.search, "grid": sections.grid, "levers": sections.levers}
-DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "overhead", "hf", "search"]
-REPEATS = {"cli": 5, "throughput": 2, "memory": 1, "overhead": 1, "hf": 1}
-QUICK_REPEATS = {"cli": 3, "throughput": 1, "memory": 1, "overhead": 1, "hf": 1}
+            "search": sections.search, "grid": sections.grid, "levers": sections.levers,
+            "recipes": recipes.recipes, "memory_account": recipes.memory_account}
+DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "search",
+           "recipes"]
+REPEATS = {"cli": 5, "throughput": 2, "memory": 1, "overhead": 1, "hf": 1, "memory_account": 3}
+QUICK_REPEATS = {"cli": 3, "throughput": 1, "memory": 1, "overhead": 1, "hf": 1, "memory_account": 1}
 QUICK_ROWS = 120
 
 
@@ -51,6 +56,8 @@ class Context:
     grid_file: Path
     plot_path: Path
     shared: dict = field(default_factory=dict)
+    recipe_arms: list[str] | None = None
+    recipe_seeds: int | None = None
 
     def repeats_for(self, section: str) -> int:
         return self.repeats or (QUICK_REPEATS if self.quick else REPEATS).get(section, 1)
@@ -69,13 +76,23 @@ def main(argv: list[str] | None = None) -> int:
                          "the default spec trains 3)")
     ap.add_argument("--seeds", type=int, default=None, help="replay seeds per sampler (default 10; quick 5)")
     ap.add_argument("--quality-epochs", type=int, default=3,
-                    help="epochs of each configuration in the levers section (default 3, as the default spec)")
+                    help="epochs of each configuration in the levers section and of the recipes section's default "
+                         "recipe (default 3, as the default spec; an arm's own epochs scale with it)")
+    ap.add_argument("--recipe-arms", default=None,
+                    help="comma-separated arms of the recipes section, by name or 1-based number (default: all of "
+                         "benchkit/recipes.py RECIPE_ARMS)")
+    ap.add_argument("--recipe-seeds", type=int, default=None, help="seeds per arm in the recipes section (default 3; "
+                    "quick 1)")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
+    try:
+        recipe_arms = recipes.parse_arms(args.recipe_arms) if args.recipe_arms else None
+    except ValueError as exc:
+        ap.error(str(exc))
     work = workdir()
     results = Results.open(args.out.with_suffix(".json"))
     command = "python scripts/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -84,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                   epochs=args.epochs, tp_epochs=1,
                   seeds=args.seeds or (5 if args.quick else 10),
                   quality_epochs=1 if args.quick else args.quality_epochs,
-                  grid_file=sections.GRID_FILE, plot_path=ROOT / "docs" / "bench_search_hv.png")
+                  grid_file=sections.GRID_FILE, plot_path=ROOT / "docs" / "bench_search_hv.png",
+                  recipe_arms=recipe_arms,
+                  recipe_seeds=args.recipe_seeds)
     if args.quick and not sections.GRID_FILE.is_file() and "search" in chosen:
         chosen = [s for s in chosen if s != "grid"] + ["grid"]  # a tiny grid to replay on
         chosen.remove("search")

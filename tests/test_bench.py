@@ -115,3 +115,107 @@ def test_markdown_states_unmet_goals():
     data["sections"]["search"]["summary"].update(auto_hv16=0.5)
     text = report.render(data)
     assert text.count("**not met**") == 2
+
+
+# ---------------------------------------------------------------- recipes and memory_account (issue 14)
+
+
+def _recipe_runs() -> tuple[list[dict], dict]:
+    """3 seeds x 3 arms: LP-FT gains +.05 on every seed (beyond 2 SE), 128 tokens +.01 with a spread (a tie)."""
+    runs, baselines = [], {}
+    for i, seed in enumerate((13, 14, 15)):
+        default = 0.50 + 0.01 * i
+        for arm, test in (("default recipe", default), ("LP-FT", default + 0.05),
+                          ("128 tokens", default + (0.04, -0.03, 0.02)[i])):
+            runs.append({"arm": arm, "seed": seed, "val_macro_f1": test - 0.02, "test_macro_f1": test,
+                         "best_epoch": 3.0, "epochs_run": 3.0, "train_seconds": 70.0 + i, "peak_memory_mb": 300.0})
+        baselines[str(seed)] = {"linear-probe": {"validation.macro_f1": 0.45, "test.macro_f1": 0.47 + 0.001 * i},
+                                "majority": {"validation.macro_f1": 0.25, "test.macro_f1": 0.26}}
+    return runs, baselines
+
+
+def test_recipe_summary_pairs_per_seed_and_calls_ties():
+    from benchkit import recipes
+
+    arms = ["default recipe", "LP-FT", "128 tokens"]
+    runs, baselines = _recipe_runs()
+    s = recipes.summarize(arms, runs, baselines)
+    assert s["default recipe"]["verdict"] == "reference"
+    assert s["LP-FT"]["vs_default_mean"] == pytest.approx(0.05) and s["LP-FT"]["vs_default_se"] == pytest.approx(0)
+    assert s["LP-FT"]["verdict"] == "better"
+    assert s["128 tokens"]["verdict"] == "tie"  # +.01 mean, SE .021
+    assert s["majority class"]["verdict"] == "worse"
+    assert s["default recipe"]["vs_probe_mean"] == pytest.approx(0.51 - 0.471)
+    assert s["linear probe"]["vs_probe_mean"] == pytest.approx(0) and s["linear probe"]["test_mean"] == \
+        pytest.approx(0.471)
+    one = recipes.summarize(arms, [r for r in runs if r["seed"] == 13], {"13": baselines["13"]})
+    assert one["LP-FT"]["verdict"] == "— (1 seed)" and one["LP-FT"]["test_se"] is None
+
+
+def test_recipe_arms_parse_names_with_commas_and_numbers():
+    from benchkit import recipes
+
+    assert recipes.parse_arms("head-only (probe head, fine-tuned),1") == ["default recipe",
+                                                                          "head-only (probe head, fine-tuned)"]
+    with pytest.raises(ValueError, match="unknown recipe arm"):
+        recipes.parse_arms("nope")
+
+
+def _section_text(text: str, title: str) -> str:
+    return text.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+
+
+def _numbers(obj) -> list[float]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [v for x in obj.values() for v in _numbers(x)]
+    if isinstance(obj, (list, tuple)):
+        return [v for x in obj for v in _numbers(x)]
+    return []
+
+
+def _table_figures_come_from(section: str, record: dict, scale: dict[str, float] | None = None) -> None:
+    """Every number in a table cell (but the first) of `section` is a figure of `record` as rendered."""
+    import re
+
+    values = _numbers(record)
+    values += [v / f for v in values for f in (scale or {}).values()]
+    for line in section.splitlines():
+        if not line.startswith("| ") or line.startswith("|---"):
+            continue
+        for cell in line.strip("|").split("|")[1:]:
+            for token in re.findall(r"\d+(?:\.\d+)?", cell.replace(",", "")):
+                decimals = len(token.split(".")[1]) if "." in token else 0
+                assert any(f"{abs(v):.{decimals}f}" == token for v in values), (token, line)
+
+
+def test_markdown_recipes_and_memory_account_figures_are_in_the_record():
+    from benchkit import recipes
+
+    data = _data()
+    head = {k: data["sections"]["cli"][k] for k in ("command", "machine", "started", "status")}
+    arms = ["default recipe", "LP-FT", "128 tokens"]
+    runs, baselines = _recipe_runs()
+    rec = {**head, "arms": arms, "seeds": [13, 14, 15], "base": recipes.RECIPE_BASE, "epochs": 3,
+           "overrides": {a: recipes.RECIPE_ARMS[a] for a in arms}, "runs": runs, "baselines": baselines,
+           "summary": recipes.summarize(arms, runs, baselines)}
+    mem = {**head, "repeats": 3, "peaks_mb": {"first": [310.2], "reused": [305.0, 306.0, 304.0],
+                                              "fresh": [300.0, 296.5, 310.0]}, "ratio_reused_vs_fresh": 305 / 300,
+           "ratio_first_vs_fresh": 310.2 / 300, "spread_fresh": 13.5 / 300,
+           "peak_bytes": 300.0 * 2**20, "account": {"platform_bytes": 5 * 2**20, "base_resident_bytes": 90 * 2**20,
+                                                   "base_load_peak_bytes": 120 * 2**20, "forward_rss_growth": 2**20},
+           "parts": [{"part": "base weights", "bytes": 91.0 * 2**20, "how": "computed"},
+                     {"part": "other", "bytes": 209.0 * 2**20, "how": "the rest"}]}
+    data["sections"].update(recipes=rec, memory_account=mem)
+    text = report.render(data)
+    section = _section_text(text, "Recipes for scarce labels, lever by lever")
+    assert "| LP-FT |" in section and "better" in section and "tie" in section and "exceeds 2 SE" in section
+    assert "+0.050 ± 0.000" in section and "0.510 ± 0.006" in section
+    _table_figures_come_from(section, rec)
+    section = _section_text(text, "Where a MiniLM trial's peak memory goes")
+    assert "**1.017**" in section and "**met**" in section and "| base weights | 91.0 | computed |" in section
+    assert "| fresh | 300.0, 296.5, 310.0 | 300.0 |" in section and "0.045" in section
+    _table_figures_come_from(section, mem, {"MB": 2**20})

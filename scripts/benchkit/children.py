@@ -5,6 +5,9 @@ Each prints `RESULT {json}` lines that the parent collects (scripts/benchkit/com
   plain   a plain fp32 PEFT loop on the same model and data: padded to max_length, fixed order, no bucketing
   hf      Hugging Face Trainer.hyperparameter_search (optuna backend, model_init per trial), the docs' recipe
   profile run_trial twice under cProfile (a cold and a warm trial) and the time spent in its parts
+  recipe  one trial (benchkit/recipes.py: an arm x seed), then its saved adapter evaluated once on the test split
+  baselines  sweeps.worker.baselines(spec): the majority class and the linear probe, validation and test
+  memory_account  the same trial N times in this process (peaks), then where one training step's memory goes
 """
 
 from __future__ import annotations
@@ -262,5 +265,99 @@ def profile(p: dict) -> None:
               result.metrics["tokens_per_second"]})
 
 
+def recipe(p: dict) -> None:
+    from sweeps.spec import load_spec
+    from sweeps.trial import evaluate_adapter, run_trial
+    from sweeps.worker import release_memory, trial_params
+
+    spec = load_spec(p["spec"])
+    params = trial_params(spec, p["config"])
+    release_memory()
+    started = time.perf_counter()
+    result = run_trial(spec, params, Path(p["out"]))
+    wall = time.perf_counter() - started
+    test = evaluate_adapter(spec, params, result.adapter_dir, "test")
+    m = result.metrics
+    emit({"phase": "trial", "arm": p["arm"], "seed": p["seed"], "config": p["config"],
+          "max_length": spec.data.max_length, "macro_f1": m["macro_f1"], "val_macro_f1": m["macro_f1"],
+          "val_macro_f1_se": m.get("macro_f1_se"), "test_macro_f1": test["macro_f1"],
+          "test_accuracy": test.get("accuracy"), "best_epoch": m.get("best_epoch"), "epochs_run": m["epochs_run"],
+          "train_seconds": m["train_seconds"], "peak_memory_mb": m["peak_memory_mb"],
+          "trainable_params": m["trainable_params"], "tokens_per_second": m["tokens_per_second"],
+          "wall_seconds": wall, "validation_examples": result.info.get("validation_examples"),
+          "train_examples": result.info.get("train_examples")})
+
+
+def baselines(p: dict) -> None:
+    from sweeps.spec import load_spec
+    from sweeps.worker import baselines as compute
+
+    spec = load_spec(p["spec"])
+    emit({"phase": "baselines", "seed": spec.seed, **compute(spec)})
+
+
+def memory_account(p: dict) -> None:
+    import numpy as np
+    import torch
+
+    from sweeps import adapters, memory, models, reuse
+    from sweeps import trial as T
+    from sweeps.classify import length_batches
+    from sweeps.spec import load_spec
+    from sweeps.worker import release_memory, trial_params
+
+    spec = load_spec(p["spec"])
+    params = trial_params(spec, p["config"])
+    for i in range(p.get("trials", 1)):
+        release_memory()  # what the sweep's worker does before each trial
+        result = T.run_trial(spec, params, Path(p["out"]) / f"t{i}")
+        emit({"phase": "trial", "index": i, "platform_bytes": memory.platform_bytes(),
+              **{k: result.metrics[k] for k in ("peak_memory_mb", "peak_memory_bytes", "base_weight_bytes",
+                                                "trainable_params", "macro_f1", "train_seconds")}})
+    if not p.get("account"):
+        return
+    # the accounting: the same set-up as run_trial (the worker's base, prefix cache, PEFT), one forward in train mode
+    release_memory()
+    base = models.resolve_base(spec.model)
+    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    task = T._task(spec, params, tokenizer)
+    T._seed_everything(spec.seed)
+    with memory.PeakMemory("cpu") as pm:
+        model = T._load(spec, params, base, tokenizer, task, "cpu", peak=pm)
+        weight_bytes = models.weight_bytes(model)
+        entry = reuse._SLOT.get("entry")
+        model = adapters.apply_peft(model, params, spec.task, task.num_labels)
+        trainable, _ = adapters.trainable_params(model)
+        model.train()
+        batches = list(task.train_batches(np.random.default_rng(spec.seed), "cpu", length_batches))
+        batch = max(batches, key=lambda b: (b["input_ids"].numel(), b["input_ids"].shape[1]))
+        held = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # a tensor without plain storage: counted by its size
+                seen[id(t)] = t.numel() * t.element_size()
+                return t
+            if storage.data_ptr() not in held:
+                seen.setdefault(storage.data_ptr(), storage.nbytes())
+            return t
+
+        level = pm.level_bytes
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss, _ = task.loss(model, batch)
+        forward_growth = pm.level_bytes - level
+        del loss
+        reuse.release(model)
+    emit({"phase": "account", "weight_bytes": weight_bytes, "trainable_params": trainable,
+          "saved_bytes": sum(seen.values()), "saved_storages": len(seen), "forward_rss_growth": forward_growth,
+          "batch_shape": list(batch["input_ids"].shape), "batches": len(batches),
+          "platform_bytes": memory.platform_bytes(),
+          "base_resident_bytes": entry.resident_bytes if entry is not None else None,
+          "base_load_peak_bytes": entry.load_peak_bytes if entry is not None else None})
+
+
 if __name__ == "__main__":
-    {"trials": trials, "plain": plain, "hf": hf, "profile": profile}[sys.argv[1]](json.loads(sys.argv[2]))
+    {"trials": trials, "plain": plain, "hf": hf, "profile": profile, "recipe": recipe, "baselines": baselines,
+     "memory_account": memory_account}[sys.argv[1]](json.loads(sys.argv[2]))

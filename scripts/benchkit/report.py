@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 GOALS = {"overhead": 1.05, "hf_wall": 0.4, "throughput": 2.0, "cli": 1.0}
 
@@ -183,12 +184,117 @@ def _levers(lines: list, rec: dict) -> None:
     lines.append("")
 
 
+def median(values) -> float:
+    values = values if isinstance(values, list) else [values]
+    return float(statistics.median(values))
+
+
+def _pm(mean: float | None, se: float | None, sign: bool = False) -> str:
+    if mean is None:
+        return "—"
+    text = f"{mean:+.3f}" if sign else f"{mean:.3f}"
+    return text + (f" ± {se:.3f}" if se is not None else "")
+
+
+def _epochs(epochs) -> str:
+    """The run's epochs: an arm's `epochs` scales with them (bench.py --quality-epochs; the spec trains 3)."""
+    if not isinstance(epochs, int):
+        return "epochs as the spec says"
+    six = max(1, round(6 * epochs / 3))
+    return (f"{epochs} epoch{'s' if epochs != 1 else ''} (arms that set `epochs: 6` train {six}: an arm's epochs "
+            "scale with `--quality-epochs`, the spec's 3)")
+
+
+def _recipes(lines: list, rec: dict) -> None:
+    s, arms = rec.get("summary"), rec.get("arms") or []
+    if not s:
+        return
+    seeds = rec.get("seeds") or []
+    base = ", ".join(f"{k} {v:g}" for k, v in (rec.get("base") or {}).items())
+    lines += [f"Each arm is one trial per seed (spec seeds {', '.join(map(str, seeds))}: each seed carves another "
+              "validation split out of the training data and trains in another order, so the spread over seeds is "
+              f"the honest noise) of `search_spaces/rank_study.yaml`'s fixed params with {base} and the arm's "
+              f"overrides; {_epochs(rec.get('epochs'))}. Each trial runs in a fresh 1-thread process, two at a "
+              "time; its saved adapter is evaluated once on the test split, which no choice inside the trial sees "
+              "(best-epoch restore picks on validation). Mean ± SE over seeds (SE = sd / sqrt(n)); the differences "
+              "are paired per seed. A lever is called **better** (or **worse**) only where its paired test gain "
+              "over \"default recipe\" exceeds 2 SE; otherwise **tie**.", "",
+              "| recipe | overrides | seeds | val macro-F1 | test macro-F1 | test − linear probe | test − default "
+              "(paired) | vs default | train s (mean) | peak MB (mean) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    overrides = rec.get("overrides") or {}
+    for name in [*arms, "linear probe", "majority class"]:
+        r = s.get(name)
+        if not r:
+            continue
+        over = "baseline (sweeps.worker.baselines)" if r.get("reference_row") else (", ".join(
+            f"{k}: {json.dumps(v)}" for k, v in overrides.get(name, {}).items()) or "—")
+        cost = ("— | —" if r.get("reference_row") else f"{r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f}")
+        lines.append(f"| {name} | {over} | {r['n']} | {_pm(r['val_mean'], r['val_se'])} | "
+                     f"{_pm(r['test_mean'], r['test_se'])} | {_pm(r['vs_probe_mean'], r['vs_probe_se'], True)} | "
+                     f"{_pm(r['vs_default_mean'], r['vs_default_se'], True)} | {r['verdict']} | {cost} |")
+    runs = sorted(rec.get("runs") or [], key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else 99, r["seed"]))
+    if runs:
+        lines += ["", "<details><summary>Every trial</summary>", "",
+                  "| recipe | seed | val macro-F1 | test macro-F1 | best epoch / epochs | train s | peak MB |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['arm']} | {r['seed']} | {r['val_macro_f1']:.3f} | {r['test_macro_f1']:.3f} | "
+                  f"{r['best_epoch']:.0f} / {r['epochs_run']:.0f} | {r['train_seconds']:.0f} | "
+                  f"{r['peak_memory_mb']:.0f} |" for r in runs]
+        lines += ["", "</details>"]
+    lines.append("")
+
+
+def _memory_account(lines: list, rec: dict) -> None:
+    peaks, parts = rec.get("peaks_mb"), rec.get("parts")
+    if not peaks or not parts:
+        return
+    ratio = rec["ratio_reused_vs_fresh"]
+    acc = rec.get("account") or {}
+    reps = rec.get("repeats", 1)
+    lines += [f"The default recipe's trial (rank 8, attention, upper half, 64 tokens), 1 epoch, 1 thread: {1 + reps} "
+              "times in process A (the later ones reuse the base and its frozen-prefix cache, as a reused Ray worker "
+              "does) and, beside A, " + ("once in a fresh process B" if reps == 1 else
+                                          f"once in each of {reps} fresh processes B, one after another") + ". Peak = "
+              "sampled anonymous resident memory above the trial's start (sweeps.memory; a reused base's bytes and "
+              "load peak are charged to the trial).", "",
+              "| run | measured peaks MB | median |", "|---|---|---|"]
+    peaks = {k: v if isinstance(v, list) else [v] for k, v in peaks.items()}
+    lines += [f"| {k} | {', '.join(f'{x:.1f}' for x in v)} | {median(v):.1f} |" for k, v in peaks.items()]
+    lines += ["", f"- reused / fresh (medians): **{ratio:.3f}** (goal within 5 %: {_met(abs(ratio - 1) <= 0.05)})"]
+    if rec.get("ratio_first_vs_fresh") is not None:
+        lines.append(f"- first trial in A / fresh B (median): {rec['ratio_first_vs_fresh']:.3f} (both fresh "
+                     "processes: the measurement's own run-to-run spread)")
+    if rec.get("spread_fresh") is not None:
+        lines.append(f"- spread of the fresh processes' peaks (max − min) / median: {rec['spread_fresh']:.3f}")
+    lines += ["", f"Where the fresh processes' (median) peak of {rec['peak_bytes'] / 2**20:.1f} MB goes:", "",
+              "| part | MB | how |", "|---|---|---|"]
+    lines += [f"| {p['part']} | {p['bytes'] / 2**20:.1f} | {p['how']} |" for p in parts]
+    lines.append("")
+    notes = []
+    if acc.get("base_resident_bytes") is not None:
+        notes.append(f"the base's load, measured: {acc['base_resident_bytes'] / 2**20:.1f} MB resident after "
+                     f"loading, {acc['base_load_peak_bytes'] / 2**20:.1f} MB peak while loading (what a reused "
+                     "worker charges each trial)")
+    if acc.get("forward_rss_growth") is not None:
+        notes.append(f"resident growth over that one forward, measured: {acc['forward_rss_growth'] / 2**20:.1f} MB")
+    if acc.get("platform_bytes") is not None:
+        notes.append(f"frozen-prefix cache held by process A after its trials (sweeps.memory.platform_bytes(), "
+                     f"measured): {acc['platform_bytes'] / 2**20:.1f} MB: platform memory, subtracted from every "
+                     "sample and so not in any trial's peak")
+    lines += [f"- {n}" for n in notes]
+    lines += ["- the tokenizer and the tokenized data are loaded before the trial's measurement starts: not in the "
+              "peak.", ""]
+
+
 SECTIONS = [("cli", "CLI start", _cli), ("overhead", "Platform overhead", _overhead),
             ("hf", "Against the usual tool: HF Trainer.hyperparameter_search", _hf),
             ("throughput", "Training throughput", _throughput),
             ("levers", "Speed levers and accuracy: macro-F1 with and without them", _levers),
             ("profile", "Where a trial's time goes", _profile),
-            ("memory", "Memory by quantization", _memory), ("grid", "Grid (tabular benchmark)", _grid),
+            ("memory", "Memory by quantization", _memory),
+            ("memory_account", "Where a MiniLM trial's peak memory goes", _memory_account),
+            ("recipes", "Recipes for scarce labels, lever by lever", _recipes),
+            ("grid", "Grid (tabular benchmark)", _grid),
             ("search", "Search efficiency (replay on the grid)", _search)]
 
 

@@ -1,0 +1,246 @@
+"""Sections `recipes` and `memory_account` of scripts/bench.py (issue 14).
+
+recipes: scarce-label levers one by one on the default spec (search_spaces/rank_study.yaml's fixed params, rank 8,
+alpha_ratio 2, lr 2e-3), each arm trained once per seed in a fresh child process (1 thread, 2 at a time), its saved
+adapter evaluated once on the test split. The seed is the spec's `seed`: it changes the validation carve and the
+training order, so the spread over seeds is the run-to-run noise a user would see.
+
+memory_account: where a MiniLM trial's measured peak goes, and whether the same configuration measures the same
+peak first in a fresh process and second in a reused one (the goal: within 5 %).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchkit.common import bench_spec, child, log, threads_env
+
+# The trial every arm starts from: the default spec's fixed params plus these (rank_study.yaml's search space).
+RECIPE_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 2e-3}
+# name -> overrides of TrialParams, or of the spec's data fields as "data.<field>". Edit freely; the first arm
+# named REFERENCE is what the others are compared with (paired per seed).
+RECIPE_ARMS: dict[str, dict] = {
+    "default recipe": {},  # 3 epochs, 64 tokens head+tail, LoRA on attention of the upper half, random head
+    "LP-FT": {"head_init": "probe"},
+    "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
+    "LP-FT + 6 epochs + restore": {"head_init": "probe", "epochs": 6, "restore_best": True},
+    "all blocks": {"layers": "all"},
+    "128 tokens": {"data.max_length": 128},
+    "head-only (probe head, fine-tuned)": {"method": "head-only", "head_init": "probe", "epochs": 6,
+                                           "restore_best": True},
+}
+REFERENCE = "default recipe"
+SPEC_EPOCHS = 3  # the default spec's epochs: an arm's `epochs` scales with --quality-epochs / this (quick: 1)
+SEEDS_FROM = 13  # rank_study.yaml's seed: the first seed is the shipped spec's own split
+REFERENCE_ROWS = {"linear probe": "linear-probe", "majority class": "majority"}
+
+
+def parse_arms(text: str) -> list[str]:
+    """`--recipe-arms`: names or 1-based numbers, comma-separated (a name holding a comma is taken whole)."""
+    names, pieces, out = list(RECIPE_ARMS), [p.strip() for p in text.split(",")], []
+    while pieces:
+        piece = pieces.pop(0)
+        if piece.isdigit() and 1 <= int(piece) <= len(names):
+            out.append(names[int(piece) - 1])
+            continue
+        while piece not in RECIPE_ARMS and pieces and any(n.startswith(piece + ",") for n in names):
+            piece += ", " + pieces.pop(0)
+        if piece not in RECIPE_ARMS:
+            raise ValueError(f"unknown recipe arm {piece!r}; known: " + "; ".join(
+                f"{i} {n}" for i, n in enumerate(names, 1)))
+        out.append(piece)
+    return [n for n in names if n in out]  # the module's order (the reference first)
+
+
+def mean_se(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and standard error (sd / sqrt(n)); SE is None below 2 values."""
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    return mean, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else None)
+
+
+def verdict(gain: float | None, se: float | None, n: int) -> str:
+    """better / worse only where the paired gain is beyond 2 SE; otherwise tie."""
+    if gain is None:
+        return "—"
+    if n < 2 or se is None:
+        return f"— ({n} seed)"
+    if gain > 2 * se:
+        return "better"
+    if gain < -2 * se:
+        return "worse"
+    return "tie"
+
+
+def _spec(ctx, seed: int, epochs: int, data: dict) -> Path:
+    import yaml
+
+    name = f"bench_recipes_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(data.items()))
+    path = bench_spec(ctx.work, name, {"rank": [RECIPE_BASE["rank"]]}, params={"epochs": epochs},
+                      data={**(ctx.data or {}), **data})
+    raw = yaml.safe_load(path.read_text())
+    raw["seed"] = seed
+    path.write_text(path.read_text().splitlines()[0] + "\n" + yaml.safe_dump(raw, sort_keys=False,
+                                                                             default_flow_style=None))
+    return path
+
+
+def _split(overrides: dict, base_epochs: int) -> tuple[dict, dict]:
+    """(TrialParams overrides, data overrides); an arm's epochs scaled to this run's epochs (quick: 6 -> 2)."""
+    params = {k: v for k, v in overrides.items() if not k.startswith("data.")}
+    data = {k[5:]: v for k, v in overrides.items() if k.startswith("data.")}
+    params["epochs"] = max(1, round(params.get("epochs", SPEC_EPOCHS) * base_epochs / SPEC_EPOCHS))
+    return params, data
+
+
+def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
+    """Per arm (and reference row): val / test macro-F1 mean ± SE over seeds, paired differences, cost."""
+    by = {(r["arm"], r["seed"]): r for r in runs}
+    probe = {int(s): b["linear-probe"]["test.macro_f1"] for s, b in baselines.items()}
+    default = {s: r["test_macro_f1"] for (a, s), r in by.items() if a == REFERENCE}
+    out = {}
+    for arm in arms:
+        rows = [r for (a, _), r in sorted(by.items(), key=lambda kv: kv[0][1]) if a == arm]
+        if not rows:
+            continue
+        vs_probe = [r["test_macro_f1"] - probe[r["seed"]] for r in rows if r["seed"] in probe]
+        vs_default = [r["test_macro_f1"] - default[r["seed"]] for r in rows if r["seed"] in default]
+        s = {"n": len(rows), "seeds": [r["seed"] for r in rows]}
+        for key, values in (("val", [r["val_macro_f1"] for r in rows]), ("test", [r["test_macro_f1"] for r in rows]),
+                            ("vs_probe", vs_probe), ("vs_default", vs_default if arm != REFERENCE else [])):
+            s[f"{key}_mean"], s[f"{key}_se"] = mean_se(values)
+        s["verdict"] = "reference" if arm == REFERENCE else verdict(s["vs_default_mean"], s["vs_default_se"],
+                                                                    len(vs_default))
+        s["train_seconds"] = mean_se([r["train_seconds"] for r in rows])[0]
+        s["peak_memory_mb"] = mean_se([r["peak_memory_mb"] for r in rows])[0]
+        s["epochs"] = rows[0]["epochs_run"]
+        out[arm] = s
+    for label, key in REFERENCE_ROWS.items():
+        seeds = sorted(int(x) for x in baselines)
+        if not seeds:
+            continue
+        s = {"n": len(seeds), "seeds": seeds, "reference_row": True}
+        val = [baselines[str(x) if str(x) in baselines else x][key]["validation.macro_f1"] for x in seeds]
+        test = [baselines[str(x) if str(x) in baselines else x][key]["test.macro_f1"] for x in seeds]
+        s["val_mean"], s["val_se"] = mean_se(val)
+        s["test_mean"], s["test_se"] = mean_se(test)
+        s["vs_probe_mean"], s["vs_probe_se"] = mean_se([t - probe[x] for t, x in zip(test, seeds, strict=True)])
+        d = [t - default[x] for t, x in zip(test, seeds, strict=True) if x in default]
+        s["vs_default_mean"], s["vs_default_se"] = mean_se(d)
+        s["verdict"] = verdict(s["vs_default_mean"], s["vs_default_se"], len(d))
+        out[label] = s
+    return out
+
+
+def recipes(ctx, record: dict) -> None:
+    """Every arm once per seed, each trial in a fresh 1-thread child process, two at a time."""
+    arms = ctx.recipe_arms or list(RECIPE_ARMS)
+    unknown = [a for a in arms if a not in RECIPE_ARMS]
+    if unknown:
+        raise ValueError(f"unknown recipe arm(s) {unknown}; known: {', '.join(RECIPE_ARMS)}")
+    n_seeds = 1 if ctx.quick else (ctx.recipe_seeds or 3)
+    seeds = [SEEDS_FROM + i for i in range(n_seeds)]
+    env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / "store-recipes")}
+    record.update(arms=arms, seeds=seeds, overrides={a: RECIPE_ARMS[a] for a in arms}, base=RECIPE_BASE,
+                  epochs=ctx.quality_epochs, runs=[], baselines={})
+    lock = threading.Lock()
+
+    def baseline(seed: int) -> None:  # first, so the LP-FT arms find the probe cached (same key)
+        spec = _spec(ctx, seed, ctx.quality_epochs, {})
+        done = child("baselines", {"spec": str(spec)}, env=env)
+        with lock:
+            record["baselines"][str(seed)] = {k: v for k, v in done.result.items() if k not in ("phase", "seed")}
+            ctx.save()
+        lp = done.result["linear-probe"]
+        log(f"recipes: seed {seed}: linear probe val {lp['validation.macro_f1']:.3f} test {lp['test.macro_f1']:.3f}")
+
+    def trial(arm: str, seed: int) -> None:
+        params, data = _split(RECIPE_ARMS[arm], ctx.quality_epochs)
+        spec = _spec(ctx, seed, ctx.quality_epochs, data)
+        config = {**RECIPE_BASE, **params}
+        out = ctx.work / "recipes" / f"{arms.index(arm)}-s{seed}"
+        done = child("recipe", {"spec": str(spec), "config": config, "out": str(out), "arm": arm, "seed": seed},
+                     env=env, timeout=3 * 3600)
+        row = next(r for r in done.results if r.get("phase") == "trial")
+        with lock:
+            record["runs"].append({k: v for k, v in row.items() if k != "phase"})
+            record["summary"] = summarize(arms, record["runs"], record["baselines"])
+            ctx.save()
+        log(f"recipes: {arm}, seed {seed}: val {row['val_macro_f1']:.3f}, test {row['test_macro_f1']:.3f}, "
+            f"train {row['train_seconds']:.0f} s, peak {row['peak_memory_mb']:.0f} MB")
+
+    log(f"recipes: {len(arms)} arms x {len(seeds)} seeds ({seeds}), default {ctx.quality_epochs} epochs, "
+        "one fresh 1-thread process per trial, 2 at a time")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(baseline, seeds))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(trial, a, s) for s in seeds for a in arms]
+        errors = [f.exception() for f in futures if f.exception() is not None]
+    record["summary"] = summarize(arms, record["runs"], record["baselines"])
+    if errors:
+        raise errors[0]
+    for arm, s in record["summary"].items():
+        log(f"recipes: {arm}: test {s['test_mean']:.3f}, vs probe {s['vs_probe_mean']:+.3f}, {s['verdict']}")
+
+
+def memory_account(ctx, record: dict) -> None:
+    """Process A: the default recipe's trial (1 epoch) 1 + R times (the later ones reuse the base, as a reused Ray
+    worker does), then the accounting; alongside, R fresh processes B run the same trial once each (R: --repeats,
+    default 3, quick 1). A and the Bs run at once, 1 thread each: peak memory is per process."""
+    from benchkit.common import median
+
+    reps = ctx.repeats_for("memory_account")
+    spec = _spec(ctx, SEEDS_FROM, 1, {})
+    env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / "store-memacct")}
+    out: dict[str, list] = {"A": [], "B": []}
+
+    def run_a() -> None:
+        out["A"] = child("memory_account", {"spec": str(spec), "config": RECIPE_BASE, "trials": 1 + reps,
+                                            "account": True, "out": str(ctx.work / "memacct-A")}, env=env).results
+
+    def run_b() -> None:
+        for i in range(reps):
+            done = child("memory_account", {"spec": str(spec), "config": RECIPE_BASE, "trials": 1,
+                                            "out": str(ctx.work / f"memacct-B{i}")}, env=env)
+            out["B"] += [r for r in done.results if r.get("phase") == "trial"]
+
+    jobs = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    trials_a = [r for r in out["A"] if r.get("phase") == "trial"]
+    account = next((r for r in out["A"] if r.get("phase") == "account"), None)
+    if len(trials_a) != 1 + reps or account is None or len(out["B"]) != reps:
+        raise RuntimeError("memory_account: a child process failed (see the log above)")
+    reused = [r["peak_memory_mb"] for r in trials_a[1:]]
+    fresh = [r["peak_memory_mb"] for r in out["B"]]
+    peaks = {"first trial in process A (loads the base)": [trials_a[0]["peak_memory_mb"]],
+             "later trials in process A (reused base, warm prefix cache)": reused,
+             "the trial in a fresh process B (one process each)": fresh}
+    ratio = median(reused) / median(fresh)
+    peak = median([r["peak_memory_bytes"] for r in out["B"]])  # what the configuration measures in a fresh process
+    parts = [("base weights (models.weight_bytes: parameters + buffers as stored)", account["weight_bytes"],
+              "computed from the tensors"),
+             (f"trainable parameters x 4 B x (weights + grad + 2 AdamW states) = {int(account['trainable_params']):,}"
+              " x 16 B", account["trainable_params"] * 16, "computed (fp32)"),
+             ("activations saved for backward, one forward of the largest batch in process A "
+              f"({account['batch_shape'][0]} x {account['batch_shape'][1]} tokens)", account["saved_bytes"],
+              "measured (saved_tensors_hooks, distinct storages, parameters excluded)")]
+    rest = sum(p[1] for p in parts)
+    parts.append(("other (allocator, runtime, temporaries of backward and the optimizer step)", peak - rest,
+                  "the peak minus the rows above"))
+    record.update(spec=str(spec), config=RECIPE_BASE, repeats=reps, peaks_mb=peaks, ratio_reused_vs_fresh=ratio,
+                  ratio_first_vs_fresh=trials_a[0]["peak_memory_mb"] / median(fresh),
+                  spread_fresh=(max(fresh) - min(fresh)) / median(fresh) if len(fresh) > 1 else None,
+                  trials_a=trials_a, trials_b=out["B"], account=account, peak_bytes=peak,
+                  parts=[{"part": p, "bytes": v, "how": h} for p, v, h in parts])
+    log(f"memory_account: peaks {'; '.join(', '.join(f'{x:.0f}' for x in v) for v in peaks.values())} MB; "
+        f"reused / fresh {ratio:.3f}; "
+        + "; ".join(f"{short} {v / 2**20:.1f} MB" for short, (_, v, _) in zip(
+            ("weights", "trainable x 16 B", "saved activations", "other"), parts, strict=True)))
