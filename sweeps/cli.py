@@ -168,6 +168,8 @@ def run(
         raise typer.Exit(3) from None
     for note in outcome.reconciled:
         console.print(f"[yellow]reconciled[/] {note}")
+    if outcome.stopped:  # e.g. the heartbeat kept failing: no new trials were proposed
+        err.print(f"[yellow]stopped proposing:[/] {outcome.stopped}", highlight=False)
     counts = ", ".join(f"{v} {k.lower()}" for k, v in sorted(outcome.counts.items()))
     console.print(f"sweep [bold]{spec.name}[/]: ran {outcome.ran} trial(s) in {outcome.wall_seconds:.0f} s; "
                   f"study holds {counts or 'no trials'}")
