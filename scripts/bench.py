@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                          "benchkit/recipes.py RECIPE_ARMS)")
     ap.add_argument("--recipe-seeds", type=int, default=None, help="seeds per arm in the recipes section (default 3; "
                     "quick 1)")
+    ap.add_argument("--resume", action="store_true", help="recipes: keep the trials of the last run with the same "
+                    "settings (BENCHMARKS.json) and run only the missing ones")
     ap.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = ap.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         settings = {"quick": args.quick, "epochs": ctx.epochs, "repeats": ctx.repeats_for(name), "seeds": ctx.seeds,
                     "quality_epochs": ctx.quality_epochs}
+        ctx.shared.setdefault("previous", {})[name] = dict(results.section(name))  # before start() replaces it
+        ctx.shared["resume"] = args.resume
         record = results.start(name, command, settings)
         log(f"== {name}")
         try:

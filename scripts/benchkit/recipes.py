@@ -12,6 +12,7 @@ peak first in a fresh process and second in a reused one (the goal: within 5 %).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -77,16 +78,22 @@ def verdict(gain: float | None, se: float | None, n: int) -> str:
     return "tie"
 
 
+_SPEC_LOCK = threading.Lock()  # two trials of one seed write the same spec file: one at a time, whole
+
+
 def _spec(ctx, seed: int, epochs: int, data: dict) -> Path:
     import yaml
 
     name = f"bench_recipes_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(data.items()))
-    path = bench_spec(ctx.work, name, {"rank": [RECIPE_BASE["rank"]]}, params={"epochs": epochs},
-                      data={**(ctx.data or {}), **data})
-    raw = yaml.safe_load(path.read_text())
-    raw["seed"] = seed
-    path.write_text(path.read_text().splitlines()[0] + "\n" + yaml.safe_dump(raw, sort_keys=False,
-                                                                             default_flow_style=None))
+    with _SPEC_LOCK:
+        path = bench_spec(ctx.work, name, {"rank": [RECIPE_BASE["rank"]]}, params={"epochs": epochs},
+                          data={**(ctx.data or {}), **data})
+        raw = yaml.safe_load(path.read_text())
+        raw["seed"] = seed
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(path.read_text().splitlines()[0] + "\n" + yaml.safe_dump(raw, sort_keys=False,
+                                                                                default_flow_style=None))
+        os.replace(tmp, path)
     return path
 
 
@@ -149,6 +156,15 @@ def recipes(ctx, record: dict) -> None:
     record.update(arms=arms, seeds=seeds, overrides={a: RECIPE_ARMS[a] for a in arms}, base=RECIPE_BASE,
                   epochs=ctx.quality_epochs, runs=[], baselines={})
     lock = threading.Lock()
+    # --resume: rows of an earlier run with the same settings are kept, and only the missing ones run
+    previous = ctx.shared.get("previous", {}).get("recipes", {})
+    same = ctx.shared.get("resume") and previous.get("epochs") == ctx.quality_epochs and \
+        previous.get("base") == RECIPE_BASE
+    if same:
+        record["baselines"] = {k: v for k, v in previous.get("baselines", {}).items() if int(k) in seeds}
+        record["runs"] = [r for r in previous.get("runs", []) if r.get("arm") in arms and r.get("seed") in seeds]
+        log(f"recipes: resuming, {len(record['runs'])} trial(s) and {len(record['baselines'])} baseline(s) kept")
+    have = {(r["arm"], r["seed"]) for r in record["runs"]}
 
     def baseline(seed: int) -> None:  # first, so the LP-FT arms find the probe cached (same key)
         spec = _spec(ctx, seed, ctx.quality_epochs, {})
@@ -177,9 +193,9 @@ def recipes(ctx, record: dict) -> None:
     log(f"recipes: {len(arms)} arms x {len(seeds)} seeds ({seeds}), default {ctx.quality_epochs} epochs, "
         "one fresh 1-thread process per trial, 2 at a time")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(baseline, seeds))
+        list(pool.map(baseline, [s for s in seeds if str(s) not in record["baselines"]]))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(trial, a, s) for s in seeds for a in arms]
+        futures = [pool.submit(trial, a, s) for s in seeds for a in arms if (a, s) not in have]
         errors = [f.exception() for f in futures if f.exception() is not None]
     record["summary"] = summarize(arms, record["runs"], record["baselines"])
     if errors:
