@@ -1,8 +1,11 @@
-"""Experiment tracking: the one module that imports mlflow.
+"""Experiment tracking: MLflow experiments, parent/child runs, artifacts, manifests. With its registry half
+(sweeps.track_registry, a mixin of Tracker) and the pyfunc model (sweeps.mlmodel), the only code importing mlflow.
 
-Layout: one experiment per sweep, one parent run per sweep (tag sweeps.role=parent), one child run per trial
-(sweeps.role=trial, mlflow.parentRunId). Our trial state lives in the tag sweeps.state, because MLflow has no
-PRUNED status (PRUNED is stored as KILLED).
+Layout: one experiment per sweep (tagged for MLflow's model-training view), one parent run per sweep (tag
+sweeps.role=parent: spec, Pareto plot and front table), one child run per trial (sweeps.role=trial,
+mlflow.parentRunId; named after its point, with the data splits as dataset inputs) and one per baseline
+(sweeps.role=baseline). Our trial state lives in the tag sweeps.state, because MLflow has no PRUNED status
+(PRUNED is stored as KILLED).
 
 Every call goes through an explicit `MlflowClient(tracking_uri, registry_uri)`, never the fluent global state
 (mlflow.start_run), so sqlite:///x.db and an `mlflow server` URL behave alike and Trackers never leak into
@@ -15,8 +18,6 @@ import json
 import logging
 import math
 import os
-import random
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from mlflow.exceptions import MlflowException  # noqa: E402
 
 from sweeps import faults, store  # noqa: E402
 from sweeps.manifest import verify_tree, write_manifest  # noqa: E402,F401
+from sweeps.track_registry import RegistryMixin, _check_run_id  # noqa: E402
 
 # MLflow logs every alembic migration step of a fresh database, and every registry retry, at INFO.
 for _name in ("mlflow", "alembic"):
@@ -40,12 +42,12 @@ for _name in ("mlflow", "alembic"):
 _PAGE = 1000  # runs per search page; module-level so a test can force paging with a tiny value
 _MAX_PARAMS, _MAX_TAGS, _MAX_METRICS = 100, 100, 1000  # MLflow's per-log_batch limits
 _REASON_CHARS = 5000  # failure tracebacks stay under MLflow's 8000-char tag limit
-_RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")  # MLflow's run-id rule; keeps filters safe
 STATUS_OF = {"COMPLETE": "FINISHED", "FAILED": "FAILED", "PRUNED": "KILLED"}
-# Promotions racing on one model name: the SQL store picks max(version)+1, so the loser hits the
-# (name, version) primary key, SQLite's write lock, or the store's own 3 immediate retries running out.
-_RACE_MARKERS = ("RESOURCE_ALREADY_EXISTS", "UNIQUE constraint", "IntegrityError", "database is locked",
-                 "Giving up after", "duplicate key")
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, judges); this kind is the
+# model-training view (runs table, charts, compare). Values: the UI's ExperimentKind enum (server/js).
+_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_TARGETS = {"attention": "attn", "ffn": "ffn", "all-linear": "all"}
+_LAYERS = {"all": "", "upper-half": "upper", "lower-half": "lower"}  # a block range reads L3-5
 
 
 @dataclass
@@ -61,26 +63,49 @@ class TrialRecord:
     end_time: int | None
 
 
+def trial_run_name(number: int, params: dict) -> str:
+    """What the runs table shows for a trial, from its params: `t07 r2 α4 attn nf4` (rank, effective alpha,
+    target group, quantization; the method and the blocks when they are not LoRA / all blocks)."""
+    p = {k: str(v) for k, v in params.items() if v is not None}
+    parts = [f"t{number:02d}"]
+    if p.get("method", "lora") != "lora":
+        parts.append(p["method"])
+    if p.get("method") != "head-only":
+        alpha = p.get("effective_alpha") or p.get("alpha")
+        parts += [f"r{p['rank']}" if "rank" in p else "", f"α{float(alpha):g}" if alpha else "",
+                  _TARGETS.get(p.get("target", ""), p.get("target", "")),
+                  _LAYERS.get(p.get("layers", "all"), f"L{p.get('layers')}")]
+    if "quantization" in p:
+        parts.append("fp" if p["quantization"] == "none" else p["quantization"])
+    return " ".join(x for x in parts if x)
+
+
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
 
-def _check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id or ""):
-        raise ValueError(f"not a run id: {run_id!r}")
-    return run_id
+def _dataset_input(d: dict):
+    """A sweeps.inputs descriptor -> MLflow DatasetInput (context tag train / validation / test)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    src = dict(d["source"])
+    kind = src.pop("type")
+    schema = {"mlflow_colspec": [{"type": "string", "name": c, "required": True} for c in d.get("columns", [])]}
+    return DatasetInput(Dataset(d["name"], d["digest"], kind, json.dumps(src), json.dumps(schema),
+                                json.dumps({"num_rows": d["rows"]})), [InputTag("mlflow.data.context", d["context"])])
 
 
 # ---------------------------------------------------------------------- the tracker
 
 
-class Tracker:
+class Tracker(RegistryMixin):
     def __init__(self, tracking_uri: str | None = None):
         self.tracking_uri = store.tracking_uri(tracking_uri)
         self.registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or self.tracking_uri
         self.client = mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
         self._experiments: dict[str, str] = {}
+        self._datasets: dict[str, list] = {}  # sweep -> MLflow DatasetInputs its trials record (start_sweep)
 
     def _is_remote(self) -> bool:
         return urlparse(self.tracking_uri).scheme in {"http", "https", "databricks"}
@@ -96,7 +121,7 @@ class Tracker:
             # A server manages its own artifact root; locally artifacts go under <store>/artifacts/<sweep>.
             location = None if self._is_remote() else (store.artifacts_dir() / sweep).as_uri()
             try:
-                exp_id = self.client.create_experiment(sweep, location, tags={"sweeps.sweep": sweep})
+                exp_id = self.client.create_experiment(sweep, location, tags={"sweeps.sweep": sweep, **_KIND})
             except MlflowException as exc:  # another process created it between our get and create
                 if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -140,8 +165,11 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     def start_sweep(self, name: str, spec_yaml: str, description: str = "",
-                    extra_tags: dict | None = None) -> str:
+                    extra_tags: dict | None = None, datasets: list[dict] | None = None) -> str:
+        """The sweep's parent run (created once, resumed after). `datasets`: sweeps.inputs descriptors, logged as
+        MLflow dataset inputs on the parent and on every trial this Tracker starts for the sweep."""
         exp_id = self._experiment_id(name, create=True)
+        self.client.set_experiment_tag(exp_id, *next(iter(_KIND.items())))  # sweeps made before the tag had none
         run_id = self.parent_run(name)
         if run_id is None:
             tags = {"sweeps.role": "parent", "sweeps.sweep": name}
@@ -150,7 +178,25 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         self._set_tags(run_id, {"mlflow.note.content": description, **(extra_tags or {})})
         self.client.log_text(run_id, spec_yaml, "spec.yaml")
+        if datasets:
+            self._datasets[name] = [_dataset_input(d) for d in datasets]
+            self.log_datasets(run_id, self._datasets[name])
         return run_id
+
+    def run_datasets(self, run_id: str) -> list[dict]:
+        """The dataset inputs of a run: name, digest, rows, context."""
+        inputs = self.client.get_run(_check_run_id(run_id)).inputs
+        out = []
+        for d in (inputs.dataset_inputs if inputs else []):
+            rows = json.loads(d.dataset.profile or "{}").get("num_rows")
+            ctx = next((t.value for t in d.tags if t.key == "mlflow.data.context"), None)
+            out.append({"name": d.dataset.name, "digest": d.dataset.digest, "rows": rows, "context": ctx})
+        return sorted(out, key=lambda d: d["name"])
+
+    def log_datasets(self, run_id: str, inputs: list) -> None:
+        # Logging the same (name, digest) again adds nothing: the store reuses the dataset and the input edge.
+        if inputs:
+            self.client.log_inputs(run_id, datasets=inputs)
 
     def finish_sweep(self, parent_run_id: str, status: str = "FINISHED", metrics: dict | None = None,
                      tags: dict | None = None) -> None:
@@ -163,8 +209,10 @@ class Tracker:
         exp_id = self._experiment_id(sweep, create=True)
         wanted = {k: str(v) for k, v in params.items()}  # MLflow stores str(value): compare like with like
         found = self._trial_runs(sweep, f" AND tags.`sweeps.trial_number` = '{int(trial_number)}'")
+        have = found[0].data.params if found else {}
+        name = trial_run_name(trial_number, {**have, **wanted})  # a resumed run keeps the name of its full params
         if not found:
-            run = self.client.create_run(exp_id, run_name=f"trial-{trial_number:04d}", tags={
+            run = self.client.create_run(exp_id, run_name=name, tags={
                 "mlflow.parentRunId": parent_run_id, "sweeps.role": "trial", "sweeps.sweep": sweep,
                 "sweeps.trial_number": str(trial_number), "sweeps.state": "RUNNING"})
             missing = wanted
@@ -174,11 +222,12 @@ class Tracker:
             if clash:  # MLflow refuses to change a logged param; name the keys instead of its generic error
                 raise ValueError(f"trial {trial_number} of {sweep} was logged with other params: {clash}")
             missing = {k: v for k, v in wanted.items() if k not in have}
-            self.client.update_run(run.info.run_id, status="RUNNING")
+            self.client.update_run(run.info.run_id, status="RUNNING", name=name)
         run_id = run.info.run_id
         for chunk in _chunks([Param(k, v) for k, v in missing.items()], _MAX_PARAMS):
             self.client.log_batch(run_id, params=chunk)
         self._set_tags(run_id, {"sweeps.state": "RUNNING", **(tags or {})})
+        self.log_datasets(run_id, self._datasets.get(sweep, []))
         return run_id
 
     def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
@@ -271,6 +320,42 @@ class Tracker:
                 **{s.lower(): states.count(s) for s in ("COMPLETE", "FAILED", "PRUNED", "RUNNING")},
                 "description": parent[0].data.tags.get("mlflow.note.content", "") if parent else ""}
 
+    # ------------------------------------------------------------------ baselines
+
+    def log_baseline(self, sweep: str, parent_run_id: str, name: str, metrics: dict[str, float], params: dict,
+                     tags: dict | None = None) -> str:
+        """A FINISHED child run of the sweep's parent holding a reference figure (majority class, linear probe,
+        the untuned base): one run per name, updated in place when the sweep runs again. Its sweeps.role is
+        `baseline`, so trial listings (role `trial`) never count it."""
+        wanted = {k: str(v) for k, v in params.items()}
+        run = self._baseline_runs(sweep).get(name)
+        if run is not None and any(run.data.params.get(k, v) != v for k, v in wanted.items()):
+            self.client.delete_run(run.info.run_id)  # MLflow cannot change a logged param: start the run afresh
+            run = None
+        mine = {**{k: str(v) for k, v in (tags or {}).items()}, "sweeps.role": "baseline", "sweeps.kind": "baseline",
+                "sweeps.baseline": name, "sweeps.sweep": sweep, "mlflow.parentRunId": parent_run_id}
+        if run is None:
+            run_id = self.client.create_run(self._experiment_id(sweep, create=True), run_name=f"baseline: {name}",
+                                            tags=mine).info.run_id
+        else:
+            run_id = run.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        have = run.data.params if run is not None else {}
+        for chunk in _chunks([Param(k, v) for k, v in wanted.items() if k not in have], _MAX_PARAMS):
+            self.client.log_batch(run_id, params=chunk)
+        self.log_metrics(run_id, metrics)
+        self._set_tags(run_id, mine)
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    def _baseline_runs(self, sweep: str) -> dict:
+        runs = self._search(sweep, "tags.`sweeps.role` = 'baseline'")
+        return {r.data.tags["sweeps.baseline"]: r for r in runs if "sweeps.baseline" in r.data.tags}
+
+    def baselines(self, sweep: str) -> dict[str, dict[str, float]]:
+        """name -> metrics of the sweep's baseline runs ({} when none were logged)."""
+        return {name: dict(r.data.metrics) for name, r in sorted(self._baseline_runs(sweep).items())}
+
     # ------------------------------------------------------------------ artifacts
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -287,6 +372,12 @@ class Tracker:
             columns = {c: [row[i] for row in table["data"]] for i, c in enumerate(table["columns"])}
             self.client.log_table(run_id, data=columns, artifact_file=path.name)
 
+    def log_rows(self, run_id: str, artifact_file: str, rows: list[dict]) -> None:
+        """rows (dicts with the same keys) as an MLflow table artifact of the run, e.g. the Pareto front."""
+        if rows:
+            self.client.log_table(run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
+                                  artifact_file=artifact_file)
+
     def sweep_spec_text(self, sweep: str) -> str | None:
         """The spec YAML the sweep was last started with (artifact spec.yaml of its parent run)."""
         run_id = self.parent_run(sweep)
@@ -302,84 +393,6 @@ class Tracker:
         local = Path(self.client.download_artifacts(run_id, "adapter", str(dst)))
         verify_tree(local, self.client.get_run(run_id).data.tags.get("sweeps.adapter_sha256"))
         return local
-
-    # ------------------------------------------------------------------ model registry primitives
-
-    def find_version(self, name: str, run_id: str) -> str | None:
-        store.safe_name(name, "model name")
-        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
-        ours = [int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id]
-        return str(min(ours)) if ours else None
-
-    def _ensure_registered_model(self, name: str) -> None:
-        try:
-            self.client.create_registered_model(name, tags={"sweeps.kind": "peft-adapter"})
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-
-    def _retry_race(self, call, attempts: int = 8, recheck=None):
-        """Run a registry write, retrying with jitter when it lost a race to another promoter."""
-        for attempt in range(attempts):
-            try:
-                return call()
-            except Exception as exc:  # MlflowException or a raw SQLAlchemy error, depending on the store
-                if attempt == attempts - 1 or not any(m in str(exc) for m in _RACE_MARKERS):
-                    raise
-            done = recheck() if recheck else None
-            if done:
-                return done
-            time.sleep(random.uniform(0.02, 0.1) * (attempt + 1))  # jitter spreads racing promoters apart
-        raise AssertionError("unreachable")
-
-    def create_version(self, name: str, run_id: str, tags: dict, description: str = "") -> str:
-        """A new model version whose source is the run's adapter dir (plain files, not an MLmodel)."""
-        store.safe_name(name, "model name")
-        source = self.client.get_run(_check_run_id(run_id)).info.artifact_uri.rstrip("/") + "/adapter"
-        tags = {**{k: str(v) for k, v in tags.items()}, "sweeps.source_run_id": run_id}
-
-        def create() -> str:
-            self._ensure_registered_model(name)
-            return str(self.client.create_model_version(
-                name, source, run_id=run_id, tags=tags, description=description, await_creation_for=0,
-            ).version)
-
-        # The failed call may have committed anyway (say, a lost HTTP response): recheck, never duplicate.
-        return self._retry_race(create, recheck=lambda: self.find_version(name, run_id))
-
-    def settle_version(self, name: str, run_id: str, mine: str) -> str:
-        """After creating `mine` for a run: if a racing promoter registered the same run too (both looked, found
-        nothing, both created), keep the lowest version and delete ours. Every racer sees the lowest one (it was
-        committed first) and keeps it, so they converge on one version per run."""
-        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
-        ours = sorted(int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id)
-        keep = str(ours[0]) if ours else mine
-        if keep != str(mine):
-            self._retry_race(lambda: self.client.delete_model_version(name, str(mine)))
-        return keep
-
-    def set_alias(self, name: str, alias: str, version: str) -> None:
-        # MLflow reads the alias, then inserts or updates it: two promoters setting "champion" at once collide.
-        self._retry_race(lambda: self.client.set_registered_model_alias(name, alias, str(version)))
-
-    def set_version_tags(self, name: str, version: str, tags: dict) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(name, str(version), key, str(value))
-
-    def version_info(self, name: str, version_or_alias: str) -> dict:
-        """Raises LookupError for an unknown model, version or alias (callers cannot catch MlflowException)."""
-        ref = str(version_or_alias)
-        try:
-            mv = (self.client.get_model_version(name, ref) if ref.isdigit()
-                  else self.client.get_model_version_by_alias(name, ref))
-        except MlflowException as exc:
-            # A missing alias comes back as INVALID_PARAMETER_VALUE, a missing version as RESOURCE_DOES_NOT_EXIST.
-            if exc.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in exc.message:
-                raise LookupError(f"no model version {name}{'/' if ref.isdigit() else '@'}{ref}") from None
-            raise
-        return {"name": mv.name, "version": str(mv.version), "run_id": mv.run_id, "source": mv.source,
-                "tags": dict(mv.tags), "aliases": list(mv.aliases), "description": mv.description or "",
-                "creation_time": mv.creation_timestamp}
 
     def ui_hint(self) -> str:
         if self._is_remote():

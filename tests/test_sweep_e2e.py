@@ -53,6 +53,7 @@ def _state(env):
           "mlflow": [{"number": r.trial_number, "state": r.state, "status": r.status, "run": r.run_id,
                       "metrics": r.metrics, "adapter_sha": r.tags.get("sweeps.adapter_sha256")}
                      for r in tracker.trial_records("tiny_e2e")],
+          "baselines": tracker.baselines("tiny_e2e"),
         }
         print(json.dumps(out))
     """)
@@ -77,6 +78,15 @@ def test_sweep_run_records_every_trial_in_optuna_and_mlflow(sweep_env):
                                                                          "trainable_params")])
         assert run["adapter_sha"]
     assert (Path(env["SWEEPS_STORE"]) / "plots" / "tiny_e2e-pareto.png").stat().st_size > 1000
+    # the majority class and the linear probe are runs of the sweep beside the trials (and not counted as trials)
+    baselines = state["baselines"]
+    assert set(baselines) == {"majority", "linear-probe"}
+    for figures in baselines.values():
+        assert 0 <= figures["validation.macro_f1"] <= 1 and 0 <= figures["test.macro_f1"] <= 1
+    assert baselines["majority"]["validation.macro_f1"] < 0.4  # one class of three predicted: F1 <= 1/3
+    assert "baselines (validation macro_f1): majority" in proc.stdout, proc.stdout
+    for t in state["mlflow"]:
+        assert "macro_f1_se" in t["metrics"] and 0 <= t["metrics"]["macro_f1_se"] < 0.5
 
 
 def test_promote_registers_once_with_aliases_and_verified_manifest(sweep_env):
@@ -102,6 +112,8 @@ def test_promote_registers_once_with_aliases_and_verified_manifest(sweep_env):
     info = out["info"]
     assert "champion" in info["aliases"]
     assert info["tags"]["sweep"] == "tiny_e2e" and "test.macro_f1" in info["tags"]
+    assert "baseline.linear-probe.test.macro_f1" in info["tags"] and "linear probe" in info["tags"]["versus_baselines"]
+    assert "linear probe" in first.stdout, first.stdout
     assert "adapter_model.safetensors" in out["files"] and "manifest.json" in out["files"]
     assert not [f for f in out["files"] if f.endswith((".bin", ".pt", ".pkl"))]
 

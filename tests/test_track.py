@@ -80,7 +80,7 @@ def test_start_trial_idempotent(tracker):
     run = tracker.client.get_run(first)
     assert run.data.params["lr"] == "0.001" and run.data.params["dropout"] == "0.1"
     assert len(run.data.params) == 153
-    assert run.info.run_name == "trial-0003" and run.data.tags["mlflow.parentRunId"] == parent
+    assert run.info.run_name == "t03 r8" and run.data.tags["mlflow.parentRunId"] == parent
     with pytest.raises(ValueError, match="rank"):
         tracker.start_trial("idem", parent, 3, {"rank": 16})
     assert [r.trial_number for r in tracker.trial_records("idem")] == [3]
@@ -163,7 +163,16 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     assert info["version"] == "1" and info["run_id"] == first
     assert sorted(info["aliases"]) == ["champion", "pareto-lowmem"]
     assert info["tags"]["test.macro_f1"] == "0.38" and info["tags"]["quantization"] == "nf4"
-    assert info["source"].endswith(f"{first}/artifacts/adapter")
+    model = tracker.client.get_logged_model(info["model_id"])  # a logged MLflow model holding the run's adapter
+    assert info["source"] == model.artifact_location and model.source_run_id == first
+    assert model.tags["sweeps.adapter_sha256"] == tracker.client.get_run(first).data.tags["sweeps.adapter_sha256"]
+    assert str(model.status).endswith("READY") and tracker.adapter_model(first) == model.model_id
+    # MLflow merges a logged model's files into downloads of the run artifact of the same name: the run's
+    # adapter must still download alone (and verify) where the default tracking URI finds the model too
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", tracker.tracking_uri)
+        local = tracker.download_adapter(first, tmp_path / "after-promotion")
+    assert not (local / "MLmodel").exists() and (local / "manifest.json").is_file()
 
     second = _completed_trial(tracker, tmp_path, "promo", 1)
     assert registry.promote(tracker, "promo-model", second, ["champion"], {"sweep": "promo"}) == ("2", True)
@@ -247,3 +256,84 @@ def test_finish_trial_rejects_unknown_state(tracker):
     run_id = tracker.start_trial("states", parent, 0, {})
     with pytest.raises(ValueError, match="COMPLETE"):
         tracker.finish_trial(run_id, "DONE")
+
+
+def test_baselines_are_idempotent_child_runs_that_trial_listings_ignore(tracker):
+    parent = tracker.start_sweep("based", "name: based\n")
+    trial = tracker.start_trial("based", parent, 0, {"rank": 4})
+    majority = tracker.log_baseline("based", parent, "majority", {"accuracy": 0.654, "macro_f1": 0.264},
+                                    {"method": "majority"}, {"sweeps.split": "validation"})
+    probe = tracker.log_baseline("based", parent, "linear probe", {"macro_f1": 0.47}, {"method": "lbfgs"})
+    run = tracker.client.get_run(majority)
+    assert run.info.status == "FINISHED" and run.info.run_name == "baseline: majority"
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["sweeps.kind"] == "baseline"
+    assert run.data.tags["sweeps.baseline"] == "majority" and run.data.tags["sweeps.split"] == "validation"
+    assert run.data.params == {"method": "majority"}
+    # a re-run sweep updates the same runs: same id for the same params, a fresh run when a param changed
+    assert tracker.log_baseline("based", parent, "majority", {"macro_f1": 0.3}, {"method": "majority"}) == majority
+    changed = tracker.log_baseline("based", parent, "linear probe", {"macro_f1": 0.5}, {"method": "sgd"})
+    assert changed != probe and tracker.client.get_run(probe).info.lifecycle_stage == "deleted"
+    assert tracker.baselines("based") == {"linear probe": {"macro_f1": 0.5},
+                                          "majority": {"accuracy": 0.654, "macro_f1": 0.3}}
+    assert tracker.baselines("never-started") == {}
+    # trial listings, counts and the crash reconciler see the one trial only
+    assert [r.run_id for r in tracker.trial_records("based")] == [trial]
+    row = next(r for r in tracker.sweeps() if r["name"] == "based")
+    assert (row["trials"], row["running"]) == (1, 1)
+    tracker.client.update_run(majority, status="RUNNING")  # even a baseline a crash left RUNNING is not a trial
+    assert tracker.reconcile_running("based") == [0]
+    assert tracker.client.get_run(majority).data.tags.get("sweeps.state") is None
+
+
+@pytest.mark.parametrize("number, params, name", [
+    (7, {"rank": 2, "effective_alpha": 4.0, "target": "attention", "quantization": "nf4", "method": "lora",
+         "layers": "all"}, "t07 r2 α4 attn nf4"),
+    (12, {"rank": 16, "alpha_ratio": 2, "effective_alpha": 32.0, "target": "all-linear", "quantization": "none",
+          "method": "dora", "layers": "upper-half"}, "t12 dora r16 α32 all upper fp"),
+    (5, {"rank": 4, "effective_alpha": 8.0, "target": "ffn", "layers": "3-5"}, "t05 r4 α8 ffn L3-5"),
+    (3, {"method": "head-only", "rank": 8, "quantization": "int8"}, "t03 head-only int8"),
+    (0, {}, "t00"),
+])
+def test_trial_run_names_say_what_the_trial_is(number, params, name):
+    assert track.trial_run_name(number, params) == name
+
+
+def test_experiment_kind_datasets_and_tables(tracker, tmp_path):
+    from _tiny import toy_reviews
+
+    from sweeps import inputs
+    from sweeps.spec import validate_dict
+
+    train, test = toy_reviews(tmp_path / "train.csv"), toy_reviews(tmp_path / "test.csv", n=30, seed=1)
+    (tmp_path / "m").mkdir()  # the spec checks the base exists; describing the data never loads it
+    spec = validate_dict({"name": "shown", "task": "classification", "model": {"base": str(tmp_path / "m")},
+                          "data": {"source": str(train), "test": str(test), "validation_fraction": 0.3},
+                          "search": {"sampler": "random", "space": {"rank": [2, 4]}},
+                          "objectives": [{"metric": "macro_f1", "direction": "maximize"}]}, "shown")
+    described = inputs.describe(spec)
+    assert [(d["context"], d["rows"]) for d in described] == [("train", 62), ("validation", 28), ("test", 30)]
+    assert described[0]["source"] == {"type": "local", "uri": train.resolve().as_uri()}
+    assert described[2]["source"]["uri"] == test.resolve().as_uri() and len({d["digest"] for d in described}) == 3
+    assert inputs.describe(spec) == described  # seeded split: the same digests every time
+
+    parent = tracker.start_sweep("shown", "name: shown\n", datasets=described)
+    exp = tracker.client.get_experiment_by_name("shown")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    run_id = tracker.start_trial("shown", parent, 7, {"rank": 2, "effective_alpha": 4.0, "target": "attention",
+                                                      "quantization": "nf4"})
+    assert tracker.client.get_run(run_id).info.run_name == "t07 r2 α4 attn nf4"
+    for step, f1 in enumerate((0.3, 0.5), 1):  # per-epoch metrics at their epoch: MLflow draws them as curves
+        tracker.log_metrics(run_id, {"macro_f1": f1}, step=step)
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, "macro_f1")] == [(1, .3), (2, .5)]
+    tracker.start_trial("shown", parent, 7, {"rank": 2})  # resumed: the inputs are not logged twice
+    for rid in (parent, run_id):
+        got = tracker.run_datasets(rid)
+        assert [(d["context"], d["digest"], d["rows"]) for d in got] == sorted(
+            [(d["context"], d["digest"], d["rows"]) for d in described], key=lambda x: ("test", "train",
+                                                                                        "validation").index(x[0]))
+    ds = tracker.client.get_run(run_id).inputs.dataset_inputs[0].dataset
+    assert ds.source_type == "local" and json.loads(ds.schema)["mlflow_colspec"][0]["name"] == "text"
+
+    tracker.log_rows(parent, "pareto_front.json", [{"trial": 7, "rank": "2", "macro_f1": 0.5}])
+    table = json.loads(Path(tracker.client.download_artifacts(parent, "pareto_front.json", str(tmp_path))).read_text())
+    assert table["columns"] == ["trial", "rank", "macro_f1"] and table["data"] == [[7, "2", 0.5]]
