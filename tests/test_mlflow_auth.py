@@ -19,8 +19,6 @@ import importlib.util
 import os
 import secrets
 import shutil
-import subprocess
-import urllib.request
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -34,8 +32,7 @@ from test_scaleout import (
     _as_pg_user,
     _free_port,
     _run,
-    _stop_group,
-    _wait_for,
+    _start_mlflow_server,
     postgres,  # noqa: F401  (a fixture: pytest finds it in this module's namespace)
 )
 
@@ -82,20 +79,7 @@ def auth_server(request, postgres, tmp_path_factory):  # noqa: F811
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
                 # no job runner (GenAI scorers, trace archival): a third process importing mlflow, unused here
                 "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(["bash", str(ROOT / "platform" / "start-mlflow-server.sh")], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    request.addfinalizer(lambda: _stop_group(proc))
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:  # /health is the one route basic auth leaves open
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-
-    _wait_for("mlflow server (basic-auth)", healthy, proc, log, timeout=120)
+    url = _start_mlflow_server(request, env, port, log, "mlflow server (basic-auth)", timeout=120)
     return {"url": url, "admin": admin_password, "log": log}
 
 

@@ -157,6 +157,13 @@ def mlflow_server(request, postgres, tmp_path_factory):
            "MLFLOW_ARTIFACTS_DESTINATION": artifacts.as_uri(), "MLFLOW_HOST": "127.0.0.1",
            "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1", "MLFLOW_BIN": str(MLFLOW),
            "MLFLOW_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}"}
+    url = _start_mlflow_server(request, env, port, log, "mlflow server", timeout=180)
+    return {"url": url, "artifacts": artifacts, "log": log}
+
+
+def _start_mlflow_server(request, env: dict, port: int, log: Path, what: str, timeout: float) -> str:
+    """platform/start-mlflow-server.sh in its own process group (stopped with the fixture); its URL once /health
+    answers (the one route basic auth leaves open)."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(["bash", str(ROOT / "platform" / "start-mlflow-server.sh")], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -170,8 +177,8 @@ def mlflow_server(request, postgres, tmp_path_factory):
         except OSError:
             return False
 
-    _wait_for("mlflow server", healthy, proc, log, timeout=180)
-    return {"url": url, "artifacts": artifacts, "log": log}
+    _wait_for(what, healthy, proc, log, timeout=timeout)
+    return url
 
 
 @pytest.fixture(scope="module")
