@@ -84,6 +84,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def _holder(fh, wait_s: float = 2.0) -> str:
+    """The lock holder's "pid N on host" line. The holder writes it just after taking the lock, so a second driver
+    started in the same instant can find the file still empty: poll briefly rather than report no name."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        fh.seek(0)
+        text = fh.read().strip()
+        if text or time.monotonic() > deadline:
+            return text or "another process"
+        time.sleep(0.05)
+
+
 class SweepBusy(RuntimeError):
     """Another `sweep run` drives this sweep on a SQLite study."""
 
@@ -106,8 +120,7 @@ def driver_lock(study_url: str, sweep: str):
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        fh.seek(0)
-        holder = fh.read().strip() or "another process"
+        holder = _holder(fh)
         fh.close()
         raise SweepBusy(f"sweep {sweep!r} is already being run by another `sweep run` ({holder}) on the SQLite "
                         f"study {study_url}: a SQLite study takes one driver at a time. Wait for it to finish (run "
