@@ -223,7 +223,23 @@ def _promote(sweep: str, policy: str, name: str, aliases: list[str] | None = Non
     except (PromotionError, ValueError) as exc:
         err.print(f"[bold red]cannot promote:[/] {exc}")
         raise typer.Exit(2) from None
+    except Exception as exc:  # an MlflowException from an auth-enabled server (its code, without importing mlflow)
+        code = getattr(exc, "error_code", None)
+        if code not in _REFUSED:
+            raise
+        err.print(f"[bold red]cannot promote into {name!r}:[/] the tracking server refused ({code}): "
+                  f"{_REFUSED[code]}\n{str(exc).splitlines()[0] if str(exc) else ''}")
+        raise typer.Exit(2) from None
     console.print(outcome.summary())
+
+
+_REFUSED = {
+    "PERMISSION_DENIED": "your MLflow user lacks permission on this registered model or the sweep's experiment; "
+                         "ask its owner for EDIT (create versions) or MANAGE (move aliases), or promote under "
+                         "another --name.",
+    "UNAUTHENTICATED": "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for "
+                       "this server.",
+}
 
 
 @app.command("promote")

@@ -120,3 +120,25 @@ def test_global_server_options_point_every_command_elsewhere(tmp_path):
     proc = _run("--store", str(store), "--tracking-uri", f"sqlite:///{db}", "ls")
     assert proc.returncode == 0, proc.stderr
     assert db.is_file() and not (store / "mlflow.db").exists()
+
+
+def test_promote_refused_by_an_auth_server_says_why_without_a_traceback(monkeypatch):
+    """A 403 from an MLflow server with auth (the real server case: tests/test_mlflow_auth.py) ends as one clear
+    message and exit 2; any other error still raises."""
+    from typer.testing import CliRunner
+
+    from sweeps import cli, results
+
+    class Refused(Exception):
+        error_code = "PERMISSION_DENIED"
+
+    def refuse(*a, **k):
+        raise Refused("Permission denied for create_model_version on reviews")
+
+    monkeypatch.setattr(results, "promote_sweep", refuse)
+    out = CliRunner().invoke(cli.app, ["promote", "rank_study", "--name", "reviews"])
+    assert out.exit_code == 2, out.output
+    assert "cannot promote into 'reviews'" in out.output and "PERMISSION_DENIED" in out.output
+    assert "EDIT" in out.output and "Traceback" not in out.output
+    monkeypatch.setattr(results, "promote_sweep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    assert isinstance(CliRunner().invoke(cli.app, ["promote", "rank_study"]).exception, RuntimeError)
