@@ -169,6 +169,19 @@ def _clean(ds: datasets.Dataset, data: DataSpec, what: str, unescape: bool, drop
     return texts, labels
 
 
+def _listed(texts: list[str], labels: list[str], data: DataSpec, split: str, dropped: dict[str, int]):
+    """With data.labels and other_labels: drop, only the rows of a listed label (the others counted as dropped)."""
+    if not data.labels or data.other_labels != "drop":
+        return texts, labels
+    listed = set(data.labels)
+    keep = [i for i, label in enumerate(labels) if label in listed]
+    if len(keep) < len(labels):
+        dropped[f"{split}.unlisted_label"] = dropped.get(f"{split}.unlisted_label", 0) + len(labels) - len(keep)
+    if not keep:
+        raise DataError(f"{data.source} ({split}): no row has one of data.labels {data.labels}")
+    return [texts[i] for i in keep], [labels[i] for i in keep]
+
+
 def _to_dataset(texts: list[str], labels: list[str], names: list[str], what: str) -> datasets.Dataset:
     index = {name: i for i, name in enumerate(names)}
     unseen = sorted(set(labels) - set(index))
@@ -244,7 +257,8 @@ def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> T
     raw, unescape = _read_source(data, h)
     test_raw, test_name = _test_split(data, raw, h)
     dropped: dict[str, int] = {}
-    texts, labels = _clean(raw["train"], data, f"{data.source} (train)", unescape, dropped)
+    texts, labels = _listed(*_clean(raw["train"], data, f"{data.source} (train)", unescape, dropped), data,
+                            "train", dropped)
     distinct = sorted(set(labels))
     if data.labels:
         extra = [x for x in distinct if x not in data.labels]
@@ -274,10 +288,12 @@ def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> T
         train_idx, val_idx = _stratified_indices(codes, len(names), data.validation_fraction, seed)
     test = None
     if test_raw is not None:
-        test = _to_dataset(*_clean(test_raw, data, f"{test_name} (test)", unescape, dropped), names,
-                           f"{test_name} (test)")
+        test = _to_dataset(*_listed(*_clean(test_raw, data, f"{test_name} (test)", unescape, dropped), data,
+                                    "test", dropped), names, f"{test_name} (test)")
     settings = [_PREP_VERSION, data.validation_fraction, seed, data.text_column, data.label_column, names,
                 data.test]
+    if data.labels and data.other_labels == "drop":  # fewer rows: not the same data (existing digests unchanged)
+        settings.append("drop-unlisted")
     if data.folds:  # a fold is another carve: its tokenized cache and fingerprint are its own
         settings += [data.folds, fold]
     h.update(json.dumps(settings).encode())

@@ -66,6 +66,12 @@ class DataSpec(BaseModel):
     labels: list[str] | None = Field(
         None, description="Explicit label order; default: sorted distinct labels of the training data."
     )
+    other_labels: Literal["error", "drop"] = Field(
+        "error",
+        description="Classification, with data.labels: what a row whose label is not listed does. `error` stops "
+        "with the unlisted labels named; `drop` leaves the row out of train and test (counted in the dropped "
+        "rows), e.g. to keep the commonest classes of a many-class column.",
+    )
     # --- instruction task
     messages_column: str = Field(
         "messages", description="Instruction: column holding the chat, a list of {role, content} messages."

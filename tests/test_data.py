@@ -171,6 +171,20 @@ def test_label_outside_explicit_labels(tmp_path):
         _load(_write(tmp_path / "d.csv", _rows(COUNTS)), labels=["pos", "neg"])
 
 
+def test_other_labels_drop_keeps_listed_classes_in_train_and_test(tmp_path):
+    """A many-class column cut to its commonest classes: unlisted rows leave train and test, counted, and the data
+    digest differs from the same file taken whole."""
+    train = _write(tmp_path / "d.csv", _rows(COUNTS))
+    test = str(_write(tmp_path / "t.csv", _rows({"pos": 3, "mid": 2, "neg": 1})))
+    task = _load(train, test=test, labels=["pos", "neg"], other_labels="drop")
+    assert task.labels == ["pos", "neg"]
+    assert len(task.train) + len(task.validation) == 90 and len(task.test) == 4
+    assert task.dropped == {"train.unlisted_label": 10, "test.unlisted_label": 2}
+    assert task.fingerprint != _load(train, test=test, labels=["pos", "neg", "mid"]).fingerprint
+    with pytest.raises(DataError, match="no row has one of data.labels"):
+        _load(train, labels=["x", "y"], other_labels="drop")
+
+
 # ---------------------------------------------------------------- few-shot
 
 
