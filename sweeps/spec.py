@@ -411,8 +411,25 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Swee
     raw = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     if overrides:
         raw = {**raw, "params": {**(raw.get("params") or {}), **overrides}}
-    # Relative data paths are relative to the working directory, like every CLI path.
-    return validate_dict(raw, str(path), Path.cwd())
+    # Relative data paths are relative to the working directory, like every CLI path; made absolute here because
+    # the trials run in Ray workers whose working directory is not the user's.
+    return validate_dict(_absolute_paths(raw, Path.cwd()), str(path), Path.cwd())
+
+
+def _absolute_paths(raw: dict, base_dir: Path) -> dict:
+    """data.source, data.test and model.base that name relative local paths, made absolute against base_dir."""
+    out = dict(raw)
+    for section, fields in (("data", ("source", "test")), ("model", ("base",))):
+        if not isinstance(out.get(section), dict):
+            continue
+        out[section] = dict(out[section])
+        for field in fields:
+            value = out[section].get(field)
+            if isinstance(value, str) and _looks_like_path(value) and not Path(value).expanduser().is_absolute():
+                found = (base_dir / value).expanduser()
+                if found.exists():  # a missing file keeps its text, so the error names what the user wrote
+                    out[section][field] = str(found.resolve())
+    return out
 
 
 def json_schema() -> dict:

@@ -31,8 +31,21 @@ def _with(extra: str) -> str:
     return BASE + extra
 
 
+@pytest.fixture(scope="module")
+def tickets_csv(tmp_path_factory):
+    """search_spaces/ticket_routing.yaml reads data/tickets/*.csv, which scripts/make_tickets_csv.py writes."""
+    import subprocess
+    import sys
+
+    where = tmp_path_factory.mktemp("cwd")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tickets_csv.py"), "--out",
+                    str(where / "data" / "tickets")], check=True, capture_output=True)
+    return where
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)
-def test_every_shipped_spec_validates_and_names_its_command(path):
+def test_every_shipped_spec_validates_and_names_its_command(path, tickets_csv, monkeypatch):
+    monkeypatch.chdir(tickets_csv)  # relative data paths are relative to the working directory
     spec = load_spec(path)
     assert spec.name
     first = path.read_text().splitlines()[0]
@@ -122,6 +135,22 @@ def test_unknown_objective_metric_lists_the_allowed_ones():
 def test_missing_data_file():
     issues = _issues(BASE.replace("source: bundled:drug-reviews", "source: ./nope/data.csv"))
     assert any(i.startswith("data.source") and "not found" in i for i in issues), issues
+
+
+def test_relative_data_paths_become_absolute_for_the_workers(tmp_path, monkeypatch):
+    """Ray workers do not run in the user's working directory: a relative data path that the driver found must
+    reach them as an absolute one (a trial failed with "data file not found" before)."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text("text,label\na,x\nb,y\n")
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(BASE.replace("source: bundled:drug-reviews", "source: d/train.csv"))
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(spec_file)
+    assert spec.data.source == str(tmp_path.resolve() / "d" / "train.csv")
+    assert load_spec(spec_file).data.source == spec.data.source  # stable: the same spec on resume
+    spec_file.write_text(BASE.replace("source: bundled:drug-reviews", "source: d/missing.csv"))
+    with pytest.raises(SpecError, match="d/missing.csv"):  # the error names what the user wrote
+        load_spec(spec_file)
 
 
 def test_yaml_syntax_error_has_a_line_number():
