@@ -74,6 +74,13 @@ def test_run_all_and_plot(table, tmp_path):
     assert (tmp_path / "hv.png").stat().st_size > 1000
 
 
+def _hf_summary(**changes) -> dict:
+    return {"hf_wall": 300.0, "sweep_wall": 90.0, "ratio": 0.3, "repeats": 1, "majority_macro_f1": 0.26,
+            "hf_best_macro_f1": 0.52, "hf_best_macro_f1_se": 0.04, "hf_test_macro_f1": 0.47,
+            "hf_test_macro_f1_se": 0.02, "sweep_best_macro_f1": 0.55, "sweep_best_macro_f1_se": 0.04,
+            "sweep_test_macro_f1": 0.48, "sweep_test_macro_f1_se": 0.02, **changes}
+
+
 def _data() -> dict:
     machine = {"cores": 2, "cpu": "AMD EPYC", "cpu_flags": ["avx2"], "gpu": None, "python": "3.11", "torch": "2",
                "load_average": [0.5, 0.5, 0.5]}
@@ -84,16 +91,18 @@ def _data() -> dict:
                                          "ratio_concurrent": 0.9, "ratio_serial": 1.04, "repeats": 1},
                      "runs": [{"concurrent": {"first_trial_start": 9.0, "parent_start": 3.0, "last_trial_end": 88.0,
                                               "exit": 90.0}, "bare": {"imports": 4.0, "trial_wall": 95.0}}]},
-        "hf": {**head, "summary": {"hf_wall": 300.0, "sweep_wall": 90.0, "ratio": 0.3, "hf_best_macro_f1": 0.26,
-                                   "sweep_best_macro_f1": 0.5, "repeats": 1}},
+        "hf": {**head, "summary": _hf_summary()},
         "throughput": {**head, "rows": [{"label": "plain", "median": 500.0, "cpu_median": 600.0},
                                         {"label": "ours", "median": 1100.0, "cpu_median": 1500.0}]},
         "memory": {**head, "rows": [{"quantization": "nf4", "base_weight_bytes": 5.3e7, "peak_memory_mb": 800.0,
                                      "macro_f1": 0.3, "tokens_per_second": 900.0}]},
         "search": {**head, "table": "benchmarks/grid_reviews.csv", "grid_points": 135, "seeds": 10,
                    "plot": "docs/bench_search_hv.png",
-                   "summary": {"auto_hv16": 0.8, "tpe_hv16": 0.78, "nsga2_hv16": 0.7, "auto48_hv48": 0.9,
-                               "gp48_hv48": 0.88, "random_hv16": 0.6, "random_hv48": 0.75}},
+                   "summary": {"budgets": [8], "samplers": ["gp", "tpe", "auto"], "replay_seconds": 9.0,
+                               "other_tables": [],
+                               "by_budget": {"8": {**replay.compare(finals := {"gp": [0.8, 0.82], "tpe": [0.7, 0.71],
+                                                                               "auto": [0.8, 0.82]}),
+                                                   "finals": finals, "auto_is": "gp"}}}},
         "profile": {**head, "status": "failed", "error": "RuntimeError: boom"},
     }}
 
@@ -106,13 +115,13 @@ def test_markdown_has_every_figure_with_command_machine_and_goal():
                    "![HV vs trials](docs/bench_search_hv.png)", "Failed: `RuntimeError: boom`",
                    "fixed costs are 11.0 s"):
         assert needle in text, needle
-    assert text.count("**met**") == 6 and "**not met**" not in text
+    assert text.count("**met**") == 5 and "**not met**" not in text  # hf: the wall goal only, F1 is no goal
 
 
 def test_markdown_states_unmet_goals():
     data = _data()
     data["sections"]["overhead"]["summary"].update(ratio_concurrent=1.2)
-    data["sections"]["search"]["summary"].update(auto_hv16=0.5)
+    data["sections"]["search"]["summary"]["by_budget"]["8"]["tied"] = ["gp"]  # auto behind the best
     text = report.render(data)
     assert text.count("**not met**") == 2
 
@@ -219,3 +228,46 @@ def test_markdown_recipes_and_memory_account_figures_are_in_the_record():
     assert "**1.017**" in section and "**met**" in section and "| base weights | 91.0 | computed |" in section
     assert "| fresh | 300.0, 296.5, 310.0 | 300.0 |" in section and "0.045" in section
     _table_figures_come_from(section, mem, {"MB": 2**20})
+
+
+# ---------------------------------------------------------------- hf: same recipe, test figures (issue 18)
+
+
+def _hf_text(summary: dict, runs: list | None = None) -> str:
+    lines: list = []
+    report._hf(lines, {"summary": summary, "runs": runs or []})
+    return "\n".join(lines)
+
+
+def test_hf_report_has_test_figures_and_calls_ties_not_wins():
+    epochs = [{"trial": t, "macro_f1": 0.4 + 0.01 * e} for t in (0, 1) for e in range(3)]
+    text = _hf_text(_hf_summary(), [{"hf": {"epochs": epochs}}])
+    assert "test macro-F1 of the pick" in text and "0.4700 ± 0.020" in text and "0.4800 ± 0.020" in text
+    assert text.count("**tie**") == 2 and "**higher**" not in text  # +.03 val, +.01 test: within 2 SE
+    assert "**faster**" in text and "goal <= 0.4: **met**" in text
+    assert "0: 0.400 0.410 0.420; 1: 0.400 0.410 0.420" in text
+    assert "at least equal" not in text
+
+
+def test_hf_report_says_plainly_when_we_are_slower_or_lower():
+    text = _hf_text(_hf_summary(ratio=1.5, sweep_wall=450.0, sweep_test_macro_f1=0.37))
+    assert "**slower**" in text and "**not met**" in text
+    assert "test macro-F1 of the pick, sweep vs HF: **lower** (-0.100" in text
+
+
+def test_hf_report_of_an_older_record_has_no_claims():
+    text = _hf_text({"hf_wall": 300.0, "sweep_wall": 90.0, "ratio": 0.3, "hf_best_macro_f1": 0.26,
+                     "sweep_best_macro_f1": 0.5, "repeats": 1})
+    assert "**met**" not in text and "older record" in text
+
+
+def test_hf_section_fails_loudly_when_hf_did_not_learn():
+    from benchkit import sweeps_vs
+
+    row = {"best_macro_f1": 0.27, "majority_macro_f1": 0.26, "epochs": [{"macro_f1": 0.26}, {"macro_f1": 0.27}]}
+    with pytest.raises(RuntimeError, match="did not learn"):
+        sweeps_vs._check_learned(row)
+    with pytest.raises(RuntimeError):
+        sweeps_vs._check_learned({**row, "best_macro_f1": 0.40})  # above majority + .1 but under .45
+    sweeps_vs._check_learned({**row, "best_macro_f1": 0.52})
+    sweeps_vs._check_learned({**row, "best_macro_f1": 0.40}, strict=False)  # quick runs only warn

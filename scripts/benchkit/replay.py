@@ -11,6 +11,7 @@ the whole table, and given as a fraction of the full grid's hypervolume.
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,17 +98,45 @@ def reference(table: dict) -> tuple[np.ndarray, float]:
     return ref, hypervolume(finite, directions, ref)
 
 
+def resolve(kind: str, budget: int, space: dict, concurrency: int = 2) -> str:
+    """The concrete sampler `kind` makes at this budget ("auto" -> "gp" or "tpe"), read off the sampler
+    sweeps.search.make_sampler builds, so a change of the switch point there shows here."""
+    if kind != "auto":
+        return kind
+    import optuna
+
+    sampler, _ = _sampler(kind, 0, budget, concurrency, space)
+    names = {optuna.samplers.GPSampler: "gp", optuna.samplers.TPESampler: "tpe", optuna.samplers.RandomSampler:
+             "random", optuna.samplers.NSGAIISampler: "nsga2"}
+    return names.get(type(sampler), kind)
+
+
 def run_all(table_path: Path, axes: list[str], seeds: int, runs: dict[str, tuple[str, int, int]],
             progress=print) -> dict:
-    """runs: label -> (sampler kind, budget, trials). Returns per-label curves (seeds x trials) and medians."""
+    """runs: label -> (sampler kind, budget, trials). Returns per-label curves (seeds x trials), the grid's size,
+    reference point and full hypervolume.
+    Seed s drives every sampler's RNG (seeds are paired across samplers). A label whose kind resolves to the
+    same sampler at the same budget as an earlier label (`auto` -> gp) reuses that label's curves: make_sampler
+    builds the identical sampler, so the proposals are the same; `aliases` records which."""
     space, table = load_table(table_path, axes)
     ref, full = reference(table)
     out: dict = {"grid_points": len(table), "space": {k: [str(v) for v in vs] for k, vs in space.items()},
-                 "reference": ref.tolist(), "full_hv": full, "curves": {}}
+                 "reference": ref.tolist(), "full_hv": full, "curves": {}, "aliases": {}}
+    done: dict[tuple, str] = {}
     for label, (kind, budget, trials) in runs.items():
+        concrete = resolve(kind, budget, space)
+        if (concrete, budget, trials) in done:
+            out["curves"][label] = out["curves"][done[concrete, budget, trials]]
+            out["aliases"][label] = done[concrete, budget, trials]
+            progress(f"replay {label}: {kind} is {concrete} at {budget} trials, the curves of {out['aliases'][label]}")
+            continue
+        started = time.time()
         curves = [hv_curve(replay(kind, seed, trials, space, table, budget), ref, full) for seed in range(seeds)]
         out["curves"][label] = curves
-        progress(f"replay {label}: median HV@{trials} = {np.median([c[-1] for c in curves]):.3f}")
+        done[concrete, budget, trials] = label
+        finals = [c[-1] for c in curves]
+        progress(f"replay {label}: HV@{trials} mean {np.mean(finals):.3f} ± {se(finals):.3f} "
+                 f"({time.time() - started:.0f} s)")
     return out
 
 
@@ -115,19 +144,66 @@ def at(curves: list[list[float]], n: int) -> float:
     return float(np.median([c[n - 1] for c in curves]))
 
 
-def plot(result: dict, path: Path, title: str) -> None:
+def se(values) -> float:
+    """Standard error of the mean: sample sd (n - 1) / sqrt(n); 0 for a single value."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.std(ddof=1) / np.sqrt(len(arr))) if len(arr) > 1 else 0.0
+
+
+def compare(finals: dict[str, list[float]], z: float = 2.0) -> dict:
+    """Mean ± SE per sampler, and which are indistinguishable from the best, from per-seed values.
+
+    finals: sampler -> one value per seed, seed i of every sampler run with the same seed (paired): every gap is
+    judged by the SE of the per-seed differences. A sampler is `tied` with the best where the best's mean lead is
+    at most z SE of the difference; `pairs` calls each pair better / worse / tie the same way (no correction for
+    the number of pairs)."""
+    names = list(finals)
+    lengths = {len(v) for v in finals.values()}
+    if len(lengths) != 1 or 0 in lengths:
+        raise ValueError(f"paired comparison needs the same number of seeds per sampler, got {lengths}")
+    arr = {n: np.asarray(finals[n], dtype=float) for n in names}
+    means = {n: float(arr[n].mean()) for n in names}
+    best = max(names, key=lambda n: (means[n], -names.index(n)))
+    rows = {}
+    for n in names:
+        diff = arr[best] - arr[n]
+        gap, gap_se = float(diff.mean()), se(diff)
+        rows[n] = {"mean": means[n], "se": se(arr[n]), "gap": gap, "gap_se": gap_se,
+                   "tied": bool(n == best or gap <= z * gap_se)}
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = arr[a] - arr[b]
+            d, d_se = float(diff.mean()), se(diff)
+            verdict = "better" if d > z * d_se else "worse" if -d > z * d_se else "tie"
+            pairs.append({"a": a, "b": b, "diff": d, "se": d_se, "verdict": verdict})
+    return {"n": lengths.pop(), "z": z, "paired": True, "best": best, "rows": rows,
+            "tied": [n for n in names if rows[n]["tied"]], "pairs": pairs}
+
+
+def plot(result: dict, path: Path, title: str, labels: list[str] | None = None,
+         marks: dict[str, list[tuple[int, list[float]]]] | None = None) -> None:
+    """Mean HV vs trials with a ± 1 SE band per label (labels: which curves, default all); marks: name -> (trials,
+    per-seed values) points drawn as mean ± SE error bars in the matching line's colour (a shorter budget's run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
-    for label, curves in result["curves"].items():
-        arr = np.asarray(curves)
+    colours = {}
+    for label in labels or list(result["curves"]):
+        arr = np.asarray(result["curves"][label])
         x = np.arange(1, arr.shape[1] + 1)
-        line, = ax.plot(x, np.median(arr, axis=0), label=f"{label} (median of {arr.shape[0]} seeds)")
-        ax.fill_between(x, np.percentile(arr, 25, axis=0), np.percentile(arr, 75, axis=0), alpha=0.15,
-                        color=line.get_color())
+        mean = arr.mean(axis=0)
+        band = arr.std(axis=0, ddof=1) / np.sqrt(arr.shape[0]) if arr.shape[0] > 1 else np.zeros_like(mean)
+        line, = ax.plot(x, mean, label=f"{label} (mean ± SE, {arr.shape[0]} seeds)")
+        ax.fill_between(x, mean - band, mean + band, alpha=0.15, color=line.get_color())
+        colours[label] = line.get_color()
+    for label, points in (marks or {}).items():
+        for n, values in points:
+            ax.errorbar([n], [np.mean(values)], yerr=[se(values)], fmt="o", ms=4, capsize=3,
+                        color=colours.get(label, "k"))
     ax.set_xlabel("trials")
     ax.set_ylabel("hypervolume / full grid's")
     ax.set_title(title, fontsize=10)

@@ -193,28 +193,42 @@ def grid(ctx, record: dict) -> None:
                   space=space, spec=str(spec.relative_to(ROOT)) if not ctx.quick else str(spec))
 
 
+SEARCH_SAMPLERS = ["gp", "tpe", "nsga2", "random", "auto"]
+SEARCH_BUDGETS = [8, 16, 32]
+
+
 def search(ctx, record: dict) -> None:
+    """Each sampler run as a sweep of each budget would run it (make_sampler's settings for that budget), for
+    ctx.seeds seeds; the HV after the budget's last trial is compared across samplers per budget (replay.compare:
+    mean ± SE, paired by seed, a gap counts only beyond 2 SE of the per-seed differences)."""
     table = Path(ctx.grid_file)
     if not table.is_file():
         raise FileNotFoundError(f"{table}: run `python scripts/bench.py --only grid` first")
-    runs = {"auto (the default: gp at this budget), 16-trial sweep": ("auto", 16, 16),
-            "tpe, 16-trial sweep": ("tpe", 16, 16), "nsga2, 16-trial sweep": ("nsga2", 16, 16),
-            "auto (tpe at this budget), 48-trial sweep": ("auto", 48, 48),
-            "gp, 48-trial sweep": ("gp", 48, 48), "random, 48-trial sweep": ("random", 48, 48)}
+    budgets = [b for b in SEARCH_BUDGETS if not ctx.quick or b <= 8]
+    runs = {f"{kind}@{b}": (kind, b, b) for b in budgets for kind in SEARCH_SAMPLERS}
+    started = time.time()
     result = replay.run_all(table, GRID_AXES, ctx.seeds, runs, progress=log)
     curves = result["curves"]
     record.update({k: v for k, v in result.items() if k != "curves"}, curves=curves, seeds=ctx.seeds,
                   table=str(table.relative_to(ROOT)) if table.is_relative_to(ROOT) else str(table))
-    record["summary"] = {"auto_hv16": replay.at(curves["auto (the default: gp at this budget), 16-trial sweep"], 16),
-                         "tpe_hv16": replay.at(curves["tpe, 16-trial sweep"], 16),
-                         "nsga2_hv16": replay.at(curves["nsga2, 16-trial sweep"], 16),
-                         "auto48_hv48": replay.at(curves["auto (tpe at this budget), 48-trial sweep"], 48),
-                         "gp48_hv48": replay.at(curves["gp, 48-trial sweep"], 48),
-                         "random_hv16": replay.at(curves["random, 48-trial sweep"], 16),
-                         "random_hv48": replay.at(curves["random, 48-trial sweep"], 48)}
+    space, _ = replay.load_table(table, GRID_AXES)
+    by_budget = {}
+    for b in budgets:
+        finals = {kind: [c[b - 1] for c in curves[f"{kind}@{b}"]] for kind in SEARCH_SAMPLERS}
+        by_budget[str(b)] = {**replay.compare(finals), "finals": finals,
+                             "auto_is": replay.resolve("auto", b, space)}
+        log(f"search @{b}: best {by_budget[str(b)]['best']}; within 2 SE of it: "
+            f"{', '.join(by_budget[str(b)]['tied'])}")
+    others = sorted(p.name for p in table.parent.glob("*.csv") if p.resolve() != table.resolve())
+    record["summary"] = {"budgets": budgets, "samplers": SEARCH_SAMPLERS, "by_budget": by_budget,
+                         "replay_seconds": round(time.time() - started, 1), "other_tables": others}
     plot = ctx.plot_path
-    replay.plot(result, plot, f"Hypervolume vs trials on {result['grid_points']}-point grid "
-                              f"(macro-F1, peak MB, trainable params)")
+    top = budgets[-1]
+    drawn = [k for k in SEARCH_SAMPLERS if f"{k}@{top}" not in result["aliases"]]
+    replay.plot(result, plot, f"Hypervolume vs trials on the {result['grid_points']}-point grid, {top}-trial "
+                              f"sweeps (dots: {', '.join(map(str, budgets[:-1]))}-trial sweeps)",
+                labels=[f"{k}@{top}" for k in drawn],
+                marks={f"{k}@{top}": [(b, by_budget[str(b)]["finals"][k]) for b in budgets[:-1]] for k in drawn})
     record["plot"] = str(plot.relative_to(ROOT)) if plot.is_relative_to(ROOT) else str(plot)
 
 
