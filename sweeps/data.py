@@ -21,7 +21,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from sweeps import bundled
+from sweeps import bundled, digest
 from sweeps.spec import DataSpec
 from sweeps.store import cache_dir
 
@@ -58,14 +58,6 @@ def _hf_cache() -> str:
     return str(cache_dir() / "hf-datasets")
 
 
-def _hash_files(h: hashlib._Hash, paths: list[Path]) -> None:
-    for path in paths:
-        h.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-
-
 def _read_file(path: Path, h: hashlib._Hash) -> datasets.Dataset:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -74,7 +66,7 @@ def _read_file(path: Path, h: hashlib._Hash) -> datasets.Dataset:
         raise DataError(f"{path}: unknown extension {path.suffix!r}; allowed: {', '.join(_BUILDERS)}")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
-    _hash_files(h, [path])
+    digest.update_named(h, [path])
     kwargs = {}
     if builder == "csv":
         # Only empty cells are missing: pandas' defaults would turn labels such as "NA" or "None" into NaN.
@@ -91,8 +83,7 @@ def _read_file(path: Path, h: hashlib._Hash) -> datasets.Dataset:
 
 def _extract_bundled_drug_reviews() -> Path:
     zip_path = bundled.dataset_path("drug-reviews")
-    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()[:16]
-    target = cache_dir() / "bundled" / f"drug-reviews-{digest}"
+    target = cache_dir() / "bundled" / f"drug-reviews-{digest.file_sha256(zip_path)[:16]}"
     if not target.is_dir():
         tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
@@ -120,7 +111,7 @@ def _read_source(data: DataSpec, h: hashlib._Hash) -> tuple[dict[str, datasets.D
     if not path.is_dir() and (path.is_file() or path.suffix):
         return {"train": _read_file(path, h)}, False
     if path.is_dir():  # a dataset folder (train.csv, test.csv, ...): hash its content, not its mtimes
-        _hash_files(h, sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
+        digest.update_named(h, sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
     try:
         loaded = datasets.load_dataset(str(path) if path.is_dir() else source, cache_dir=_hf_cache())
     except Exception as exc:  # offline, unknown id, bad folder layout, ...

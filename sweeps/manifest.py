@@ -9,17 +9,11 @@ import hashlib
 import json
 from pathlib import Path
 
+from sweeps.digest import file_sha256
+
 MANIFEST = "manifest.json"
 # Weights as safetensors, config/tokenizer as json/txt/md/model; pickles (.bin/.pt/.pkl) run code when loaded.
 _ALLOWED_SUFFIXES = {".safetensors", ".json", ".txt", ".md", ".model"}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _adapter_files(root: Path) -> dict[str, Path]:
@@ -38,7 +32,7 @@ def _adapter_files(root: Path) -> dict[str, Path]:
 
 def write_manifest(adapter_dir: Path) -> str:
     """Write manifest.json beside the adapter files; return the manifest's own sha256."""
-    files = {rel: {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    files = {rel: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
              for rel, p in _adapter_files(adapter_dir).items()}
     if not files:
         raise ValueError(f"adapter dir {adapter_dir} holds no files")
@@ -63,5 +57,5 @@ def verify_tree(root: Path, manifest_sha256: str | None = None) -> None:
         path = on_disk.get(rel)  # looked up, never joined: a crafted "../x" entry cannot read outside root
         if path is None:
             raise ValueError(f"{rel}: listed in {MANIFEST} but missing")
-        if path.stat().st_size != entry["bytes"] or _sha256(path) != entry["sha256"]:
+        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
             raise ValueError(f"{rel}: sha256 mismatch (file changed since upload)")

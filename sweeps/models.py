@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.utils import logging as transformers_logging
 
-from sweeps import bundled
+from sweeps import bundled, digest
 from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
 from sweeps.store import cache_dir
@@ -96,17 +96,9 @@ def content_hash(base: Path | str) -> str:
     files = sorted(path.glob("*.safetensors"))
     stamp = (str(path), *((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
     if stamp not in _HASHES:
-        _HASHES[stamp] = _sha256(h, files)
+        digest.update_named(h, files)
+        _HASHES[stamp] = h.hexdigest()
     return _HASHES[stamp]
-
-
-def _sha256(h, files: list[Path]) -> str:
-    for file in files:
-        h.update(file.name.encode())
-        with open(file, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- loading
