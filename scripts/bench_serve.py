@@ -56,11 +56,12 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from sweeps import adapters, models
     from sweeps.params import TrialParams
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.models import pretrained
 
-    model = models.load_base(base_path, "classification", 3, TrialParams(), "cpu")
-    targets = adapters.target_modules(model, "attention")
+    model = pretrained.load_base(base_path, "classification", 3, TrialParams(), "cpu")
+    targets = lora.target_modules(model, "attention")
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type=TaskType.SEQ_CLS,
                                             modules_to_save=["classifier"]))
     gen = torch.Generator().manual_seed(seed)
@@ -68,7 +69,7 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    path = adapters.save_adapter(peft, out)
+    path = lora.save_adapter(peft, out)
     (path / "labels.json").write_text(json.dumps(LABELS))
     return path
 
@@ -134,14 +135,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sweeps import models
     from sweeps.serve import Background
     from sweeps.serving import Engine, Limits
     from sweeps.spec import ModelSpec
     from sweeps.track import Tracker
+    from sweeps.trial.models import pretrained
 
-    base_path = models.resolve_base(ModelSpec(base=BASE))
-    base_sha = models.content_hash(base_path)
+    base_path = pretrained.resolve_base(ModelSpec(base=BASE))
+    base_sha = pretrained.content_hash(base_path)
     tracker = Tracker()
     names = ["bench-a", "bench-b", "bench-c", "bench-d"]
     for i, name in enumerate(names):
@@ -245,13 +246,13 @@ def load_test(args) -> int:
     from _tiny import tiny_bert
 
     torch.set_num_threads(args.threads)
-    from sweeps import models
     from sweeps.serve import Background
     from sweeps.serving import Engine, Limits
     from sweeps.track import Tracker
+    from sweeps.trial.models import pretrained
 
     base = tiny_bert(workdir / "tiny-bert")
-    base_sha, tracker, names = models.content_hash(base), Tracker(), ["load-a", "load-b", "load-c", "load-d"]
+    base_sha, tracker, names = pretrained.content_hash(base), Tracker(), ["load-a", "load-b", "load-c", "load-d"]
     for i, name in enumerate(names):
         _register_local(tracker, name, make_adapter(base, workdir / name, i), i, base, base_sha)
     _register_local(tracker, "load-a", make_adapter(base, workdir / "load-a-v2", 99), 99, base, base_sha)

@@ -103,7 +103,7 @@ def trial(
     """Run ONE trial in this process (no Ray, no MLflow) and print its metrics."""
     spec = _load(spec_file, _parse_sets(set_))
     from sweeps import store
-    from sweeps.trial import TrialFailed, run_trial
+    from sweeps.trial.loop import TrialFailed, run_trial
 
     out_dir = out or store.store_dir() / "trials" / spec.name / "manual"
     console.print(f"trial of [bold]{spec.name}[/]: " + ", ".join(f"{k}={v}" for k, v in spec.params.flat().items()
@@ -184,9 +184,9 @@ def run(
 
 def _input_errors() -> tuple[type[Exception], ...]:
     """Problems with the user's data, model or targets: reported in one line, exit 2, nothing created."""
-    from sweeps.adapters import TargetError
     from sweeps.bundled import BundledNotFound
-    from sweeps.data import DataError
+    from sweeps.trial.adapters.lora import TargetError
+    from sweeps.trial.data.labelled import DataError
 
     return DataError, TargetError, BundledNotFound
 

@@ -37,7 +37,7 @@ def _trainable(config: dict[str, Any]) -> None:
     os.environ["SWEEPS_STORE"] = config["store"]
     threads = max(1, int(config["cpus"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    from sweeps.worker import run_one  # heavy imports (torch, transformers) only in the worker
+    from sweeps.trial.worker import run_one  # heavy imports (torch, transformers) only in the worker
 
     def report(metrics: dict[str, Any]) -> None:
         faults.point("worker.epoch", trial=config["trial_number"], epoch=metrics.get("epoch"))  # mid-training

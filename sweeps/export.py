@@ -21,9 +21,11 @@ from pathlib import Path
 
 import torch
 
-from sweeps import adapters, bundled, models, multi, sources
+from sweeps import bundled, sources
 from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.trial.adapters import lora, multi
+from sweeps.trial.models import pretrained
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = "export.json"
@@ -60,9 +62,9 @@ def merge(found: sources.Located, quantization: str | None = None, device: str =
     and one that cannot be checked (no recorded hash) unless `allow_unverified_base`."""
     if not found.base:
         raise ExportError(f"{found.ref}: the adapter does not record its base model")
-    base_path = models.resolve_base(ModelSpec(base=found.base))
+    base_path = pretrained.resolve_base(ModelSpec(base=found.base))
     try:
-        actual, hash_error = models.content_hash(base_path), None
+        actual, hash_error = pretrained.content_hash(base_path), None
     except OSError as exc:
         actual, hash_error = None, f"{type(exc).__name__}: {exc}"
     warning = sources.check_unverified(found, found.base, actual, allow_unverified_base, hash_error)
@@ -74,13 +76,13 @@ def merge(found: sources.Located, quantization: str | None = None, device: str =
     quant = _quantization(found, quantization)
     params = TrialParams(pooling=found.pooling, **quant)
     labels = len(found.labels) if found.labels else None
-    model = models.load_base(base_path, found.task, labels, params, device)
-    model = models.dequantized(model)
-    merged = multi.merge(adapters.load_adapter(model, found.path))
+    model = pretrained.load_base(base_path, found.task, labels, params, device)
+    model = pretrained.dequantized(model)
+    merged = multi.merge(lora.load_adapter(model, found.path))
     if found.labels:
         merged.config.id2label = dict(enumerate(found.labels))
         merged.config.label2id = {label: i for i, label in enumerate(found.labels)}
-    return merged, models.load_tokenizer(base_path), base_path, quant.get("quantization", "none")
+    return merged, pretrained.load_tokenizer(base_path), base_path, quant.get("quantization", "none")
 
 
 def export(ref: str, out: Path, gguf: bool = False, gguf_type: str = "f16", quantization: str | None = None,
@@ -115,5 +117,5 @@ def load_merged(path: Path, device: str = "cpu") -> torch.nn.Module:
     info = json.loads((Path(path) / EXPORT_FILE).read_text(encoding="utf-8"))
     labels = info.get("labels")
     params = TrialParams(pooling=info.get("pooling") or "mean")
-    model = models.load_base(Path(path), info["task"], len(labels) if labels else None, params, device)
+    model = pretrained.load_base(Path(path), info["task"], len(labels) if labels else None, params, device)
     return model.eval()

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from sweeps import adapters, models, multi, sources, store
+from sweeps import sources, store
 from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.trial.adapters import lora, multi
+from sweeps.trial.models import pretrained
 
 DEFAULT_METHODS = ("linear", "cat", "ties", "dare_ties")
 _EQUAL_RANK = {"linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"}  # combine A and B factor-wise
@@ -65,8 +67,8 @@ class Fusion:
             raise FusionError("only instruction (causal LM) adapters can be fused: classification adapters each "
                               "carry a trained head that PEFT cannot combine")
         self.base_spec = self.found[0].base
-        base_path = models.resolve_base(ModelSpec(base=self.base_spec))
-        actual = models.content_hash(base_path)
+        base_path = pretrained.resolve_base(ModelSpec(base=self.base_spec))
+        actual = pretrained.content_hash(base_path)
         checked = [(f, sources.check_unverified(f, self.base_spec, actual, allow_unverified_base))
                    for f in self.found]  # raises on the first unverifiable adapter unless allowed
         self.warnings = [warning for _, warning in checked if warning]
@@ -79,12 +81,12 @@ class Fusion:
         # A fusion of unverified sources stays unverified downstream: its version records why, not a hash.
         self.base_sha256 = actual if not unverified else \
             f"unavailable (fused from adapters with unverified bases: {', '.join(f.ref for f in unverified)})"
-        self.tokenizer = models.load_tokenizer(base_path)
+        self.tokenizer = pretrained.load_tokenizer(base_path)
         self.device = device
         self.chat = self.found[0].chat
-        model = models.load_base(base_path, "instruction", None, TrialParams(), device)
+        model = pretrained.load_base(base_path, "instruction", None, TrialParams(), device)
         self.names = [f"src{i}" for i in range(len(self.found))]  # PEFT adapter names: no dots, always unique
-        self.model = adapters.load_adapter(model, self.found[0].path, self.names[0])
+        self.model = lora.load_adapter(model, self.found[0].path, self.names[0])
         for name, f in zip(self.names[1:], self.found[1:], strict=True):
             multi.add_adapter(self.model, f.path, name)
         self.model.eval()

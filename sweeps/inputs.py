@@ -32,7 +32,7 @@ def source_of(data_source: str) -> dict:
     """{"type": "local", "uri": ...} for a file, a folder or a bundled set; {"type": "hugging_face", "path": ...}
     for a hub id."""
     if data_source == "bundled:helpdesk":
-        from sweeps.data import HELPDESK
+        from sweeps.trial.data.labelled import HELPDESK
 
         return {"type": "local", "uri": Path(HELPDESK).resolve().as_uri()}
     if data_source.startswith("bundled:"):
@@ -75,14 +75,14 @@ def _short(source: str) -> str:
 
 def _splits(spec: SweepSpec) -> tuple[dict[str, list], list[str]]:
     if spec.task == "classification":
-        from sweeps.data import load_classification
+        from sweeps.trial.data.labelled import load_classification
 
         task = load_classification(spec.data, spec.seed)
         splits = {name: [[t, task.labels[y]] for t, y in zip(ds["text"], ds["label"], strict=True)]
                   for name, ds in (("train", task.train), ("validation", task.validation), ("test", task.test))
                   if ds is not None}
         return splits, ["text", "label"]
-    from sweeps.chat import load_chats
+    from sweeps.trial.data.chat import load_chats
 
     chats = load_chats(spec.data, spec.seed)
     splits = {name: [[list(map(dict, c.messages)), c.category] for c in getattr(chats, name) or []]

@@ -209,7 +209,7 @@ def sweep_baselines(spec: SweepSpec, tracker: Tracker) -> dict[str, dict[str, fl
 
 def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str, aliases: list[str],
                  sampled: dict[int, dict], policy: str, baselines: dict | None = None) -> dict[str, Any]:
-    from sweeps.worker import trial_params
+    from sweeps.trial.worker import trial_params
 
     params = trial_params(spec, sampled.get(rec.trial_number, {}))
     existing = tracker.find_version(name, rec.run_id)
@@ -239,7 +239,7 @@ def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str,
 
 
 def _evaluate_on_test(tracker: Tracker, spec: SweepSpec, params, run_id: str) -> dict[str, float]:
-    from sweeps.trial import evaluate_adapter
+    from sweeps.trial.loop import evaluate_adapter
 
     with tempfile.TemporaryDirectory(prefix="sweeps-promote-") as tmp:
         adapter = tracker.download_adapter(run_id, Path(tmp))
@@ -247,7 +247,7 @@ def _evaluate_on_test(tracker: Tracker, spec: SweepSpec, params, run_id: str) ->
 
 
 def _base_hash(spec: SweepSpec) -> str:
-    from sweeps.models import content_hash, resolve_base
+    from sweeps.trial.models.pretrained import content_hash, resolve_base
 
     try:
         return content_hash(resolve_base(spec.model))

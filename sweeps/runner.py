@@ -128,7 +128,7 @@ class Coordinator:
         number, sampled = self.study.ask()
         self.study.set_attr(number, "driver", self.driver)
         faults.point("driver.proposed", trial=number)  # an Optuna trial with no MLflow run yet
-        from sweeps.worker import trial_params
+        from sweeps.trial.worker import trial_params
 
         flat = trial_params(self.spec, sampled).flat()
         run_id = self.tracker.start_trial(self.spec.name, self.parent, number, flat,
@@ -337,13 +337,13 @@ def reference_points(spec: SweepSpec) -> dict[str, dict[str, float]]:
     """The sweep's baselines (sweeps.worker.baselines); SWEEPS_BASELINES=0 skips them (tests of other parts)."""
     import os
 
-    from sweeps.worker import baselines
+    from sweeps.trial.worker import baselines
 
     return baselines(spec) if os.environ.get("SWEEPS_BASELINES", "1") != "0" else {}
 
 
 def prepare(spec: SweepSpec) -> None:
     """Convert/cache the base model and tokenize the data once in the driver, so trials only read caches."""
-    from sweeps.worker import prepare as worker_prepare
+    from sweeps.trial.worker import prepare as worker_prepare
 
     worker_prepare(spec)

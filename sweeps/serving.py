@@ -24,10 +24,12 @@ from pathlib import Path
 
 import torch
 
-from sweeps import adapters, models, multi, sources
+from sweeps import sources
 from sweeps.batcher import Batcher, Job
 from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.trial.adapters import lora, multi
+from sweeps.trial.models import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +62,7 @@ class Limits:
 def _hash_base(path) -> tuple[str | None, str | None]:
     """(content hash, None), or (None, why) when the base's files cannot be read to hash them."""
     try:
-        return models.content_hash(path), None
+        return pretrained.content_hash(path), None
     except OSError as exc:
         return None, f"{type(exc).__name__}: {exc}"
 
@@ -88,9 +90,9 @@ class Engine:
         self.base_spec = base or found[0].base
         if not self.base_spec:
             raise sources.SourceError("cannot tell the base model from the adapter: pass --base")
-        self.base_path = models.resolve_base(ModelSpec(base=self.base_spec))
+        self.base_path = pretrained.resolve_base(ModelSpec(base=self.base_spec))
         self.base_sha256, self._hash_error = _hash_base(self.base_path)
-        self.tokenizer = models.load_tokenizer(self.base_path)
+        self.tokenizer = pretrained.load_tokenizer(self.base_path)
         self.model = self._load_base(found)
         self.slots: dict[str, Slot] = {}
         for f in found:
@@ -127,7 +129,7 @@ class Engine:
                                           "number of labels and the same pooling (each has its own head)")
             num_labels = counts.pop()
         params = TrialParams(pooling=found[0].pooling if self.task == "classification" else "mean")
-        model = models.load_base(self.base_path, self.task, num_labels, params, self.device)
+        model = pretrained.load_base(self.base_path, self.task, num_labels, params, self.device)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
@@ -153,7 +155,7 @@ class Engine:
         if hasattr(self.model, "peft_config"):  # already a PeftModel: add beside the others
             multi.add_adapter(self.model, found.path, internal)
         else:
-            self.model = adapters.load_adapter(self.model, found.path, internal)
+            self.model = lora.load_adapter(self.model, found.path, internal)
             self.model.eval()
         multi.grouped_mixed_batches(self.model)  # again per adapter: a new one may wrap new layers
         self.slots[found.name] = slot = Slot(found, internal)

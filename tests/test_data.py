@@ -11,8 +11,15 @@ from pathlib import Path
 import datasets
 import pytest
 
-from sweeps.data import DataError, TaskData, few_shot, load_classification, tokenize_splits, truncation_stats
 from sweeps.spec import DataSpec
+from sweeps.trial.data.labelled import (
+    DataError,
+    TaskData,
+    few_shot,
+    load_classification,
+    tokenize_splits,
+    truncation_stats,
+)
 
 
 @pytest.fixture(autouse=True)

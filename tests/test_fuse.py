@@ -8,10 +8,12 @@ import pytest
 from _tiny import CORPUS, random_lora, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import adapters, fuse, models, multi, registry
+from sweeps import fuse, registry
 from sweeps.cli import app
 from sweeps.params import TrialParams
 from sweeps.serving import Engine
+from sweeps.trial.adapters import lora, multi
+from sweeps.trial.models import pretrained
 
 
 @pytest.fixture()
@@ -22,8 +24,8 @@ def setup(tmp_path, monkeypatch):
     base = tiny_llama(tmp_path / "llama")
     paths = []
     for seed, name in enumerate(["helpdesk", "legal"], 1):
-        model = models.load_base(base, "instruction", None, TrialParams(), "cpu")
-        paths.append(adapters.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), tmp_path / name))
+        model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
+        paths.append(lora.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), tmp_path / name))
     rows = [{"prompt": p, "response": r, "domain": d} for p, r, d in (
         (CORPUS[0], CORPUS[5], "helpdesk"), (CORPUS[1], CORPUS[2], "helpdesk"), (CORPUS[3], CORPUS[4], "legal"))]
     data = tmp_path / "mixed.jsonl"
@@ -63,7 +65,7 @@ def test_fuse_command_tracks_every_candidate_and_promotes_a_servable_adapter(set
     assert all("loss" in r.metrics and r.params["method"] in fuse.DEFAULT_METHODS for r in records)
     info = registry.resolve(tracker, "hd-legal@champion")
     best = min(records, key=lambda r: r.metrics["loss"])
-    assert info["run_id"] == best.run_id and info["tags"]["base_model_sha256"] == models.content_hash(base)
+    assert info["run_id"] == best.run_id and info["tags"]["base_model_sha256"] == pretrained.content_hash(base)
     assert float(info["tags"]["test.loss"]) > 0
     # The promoted candidate, downloaded from the registry, scores what its trial logged, and serves.
     engine = Engine([(None, "hd-legal@champion")], tracker=tracker)
@@ -80,13 +82,13 @@ def test_classification_adapters_and_foreign_bases_are_refused(setup, tmp_path):
 
     base, paths, data = setup
     bert = tiny_bert(tmp_path / "bert")
-    heads = [adapters.save_adapter(random_lora(models.load_base(bert, "classification", 3, TrialParams(), "cpu"),
+    heads = [lora.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
                                                "classification", target=("query",), heads=("classifier",), seed=s),
                                    tmp_path / f"cls{s}") for s in (1, 2)]
     with pytest.raises(fuse.FusionError, match="trained head"):
         fuse.Fusion([str(p) for p in heads], fuse.read_rows(data))
     other = tiny_llama(tmp_path / "other", seed=9)
-    stranger = adapters.save_adapter(random_lora(models.load_base(other, "instruction", None, TrialParams(), "cpu"),
+    stranger = lora.save_adapter(random_lora(pretrained.load_base(other, "instruction", None, TrialParams(), "cpu"),
                                                  "instruction"), tmp_path / "stranger")
     with pytest.raises(fuse.FusionError, match="different"):
         fuse.Fusion([str(paths[0]), str(stranger)], fuse.read_rows(data))

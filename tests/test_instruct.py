@@ -8,10 +8,12 @@ import _tiny
 import pytest
 import torch
 
-from sweeps import chat, instruct, trial
-from sweeps.chat import IGNORE, Chat
-from sweeps.data import DataError
 from sweeps.spec import DataSpec, SpecError, validate_dict
+from sweeps.trial import loop
+from sweeps.trial.data import chat
+from sweeps.trial.data.chat import IGNORE, Chat
+from sweeps.trial.data.labelled import DataError
+from sweeps.trial.tasks import instruct
 
 
 @pytest.fixture
@@ -27,9 +29,9 @@ def llama_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tok(llama_dir):
-    from sweeps import models
+    from sweeps.trial.models import pretrained
 
-    return models.load_tokenizer(llama_dir)
+    return pretrained.load_tokenizer(llama_dir)
 
 
 def _spec(llama_dir, train, **over):
@@ -124,7 +126,7 @@ def test_chunked_answer_loss_gives_the_same_loss_and_gradients(llama_dir, tok, t
 
 def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path, monkeypatch):
     spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=48))
-    res = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
+    res = loop.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
     m = res.metrics
     assert m["loss"] < 0.5 * m["zero_shot_loss"] and m["perplexity"] == pytest.approx(2.718281828 ** m["loss"])
     assert m["routing_accuracy"] > m["zero_shot_routing_accuracy"]
@@ -137,7 +139,7 @@ def test_instruction_trial_learns_the_house_style(store, llama_dir, tmp_path, mo
     # evaluated again from the saved adapter: same validation figures, and the zero-shot base beside them,
     # computed again rather than taken from the cache the trial filled
     monkeypatch.setenv("SWEEPS_ZERO_SHOT_CACHE", "0")
-    again = trial.evaluate_adapter(spec, spec.params, res.adapter_dir, split="validation", device="cpu")
+    again = loop.evaluate_adapter(spec, spec.params, res.adapter_dir, split="validation", device="cpu")
     assert again["loss"] == pytest.approx(m["loss"], rel=1e-4)
     assert again["zero_shot_loss"] == pytest.approx(m["zero_shot_loss"], rel=1e-4)
 
@@ -148,10 +150,10 @@ def test_zero_shot_figures_are_computed_once_per_base_and_change_no_trial(store,
     real = instruct.InstructionTask.evaluate
     monkeypatch.setattr(instruct.InstructionTask, "evaluate", lambda self, *a, **k: calls.append(1) or real(
         self, *a, **k))
-    first = trial.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
+    first = loop.run_trial(spec, spec.params, tmp_path / "t0", device="cpu")
     per_miss = len(calls)
     other = spec.params.model_copy(update={"rank": 8, "target": "attention", "dropout": 0.1})
-    hit = trial.run_trial(spec, other, tmp_path / "t1", device="cpu")  # another adapter, the same base
+    hit = loop.run_trial(spec, other, tmp_path / "t1", device="cpu")  # another adapter, the same base
     assert len(calls) - per_miss == per_miss - 1  # the zero-shot evaluation was not run again
     zero = {k: v for k, v in first.metrics.items() if k.startswith("zero_shot_")}
     assert set(zero) == {"zero_shot_loss", "zero_shot_perplexity", "zero_shot_routing_accuracy"}
@@ -161,7 +163,7 @@ def test_zero_shot_figures_are_computed_once_per_base_and_change_no_trial(store,
     # the same trial without the cache: the same zero-shot figures (so rank, target and dropout rightly are not
     # part of the key) and the same trained figures (skipping the evaluation changed no random draw)
     monkeypatch.setenv("SWEEPS_ZERO_SHOT_CACHE", "0")
-    fresh = trial.run_trial(spec, other, tmp_path / "t2", device="cpu")
+    fresh = loop.run_trial(spec, other, tmp_path / "t2", device="cpu")
     for k, v in zero.items():
         assert fresh.metrics[k] == pytest.approx(v, rel=1e-6), k
     for k in ("loss", "routing_accuracy"):
@@ -171,14 +173,14 @@ def test_zero_shot_figures_are_computed_once_per_base_and_change_no_trial(store,
     # another quantization is another base: computed again
     monkeypatch.delenv("SWEEPS_ZERO_SHOT_CACHE")
     n = len(calls)
-    trial.run_trial(spec, spec.params.model_copy(update={"quantization": "nf4"}), tmp_path / "t3", device="cpu")
+    loop.run_trial(spec, spec.params.model_copy(update={"quantization": "nf4"}), tmp_path / "t3", device="cpu")
     assert len(calls) - n == per_miss
 
 
 def test_packed_nf4_instruction_trial_runs(store, llama_dir, tmp_path):
     spec = _spec(llama_dir, _tiny.toy_tickets(tmp_path / "t.jsonl", n=24),
                  params={"quantization": "nf4", "packing": True, "epochs": 1}, data={"generation_examples": 0})
-    res = trial.run_trial(spec, spec.params, tmp_path / "t1", device="cpu")
+    res = loop.run_trial(spec, spec.params, tmp_path / "t1", device="cpu")
     assert res.info["packing"] and res.metrics["base_weight_bytes"] > 0 and not res.tables
     assert res.metrics["loss"] > 0
 

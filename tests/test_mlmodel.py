@@ -20,9 +20,11 @@ import httpx
 import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 
-from sweeps import adapters, models, registry, sources
+from sweeps import registry, sources
 from sweeps.params import TrialParams
 from sweeps.serving import Engine
+from sweeps.trial.adapters import lora
+from sweeps.trial.models import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["negative", "neutral", "positive"]
@@ -45,12 +47,12 @@ def promoted(tmp_path_factory):
 
         tracker = Tracker()
         bert = tiny_bert(root / "bert")
-        cls = adapters.save_adapter(random_lora(models.load_base(bert, "classification", 3, TrialParams(), "cpu"),
+        cls = lora.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
                                                 "classification", target=("query", "value"), seed=1,
                                                 heads=("classifier",)), root / "reviews")
         (cls / "labels.json").write_text(json.dumps(LABELS))
         llama = tiny_llama(root / "llama")
-        gen = adapters.save_adapter(random_lora(models.load_base(llama, "instruction", None, TrialParams(), "cpu"),
+        gen = lora.save_adapter(random_lora(pretrained.load_base(llama, "instruction", None, TrialParams(), "cpu"),
                                                 "instruction", seed=2, scale=0.5), root / "helpdesk")
         (gen / "chat.json").write_text(json.dumps({"system_prompt": "be brief", "max_new_tokens": 5}))
         for name, base, adapter, task in (("reviews", bert, cls, "classification"),
@@ -59,7 +61,7 @@ def promoted(tmp_path_factory):
             run_id = tracker.start_trial(f"{name}-sweep", parent, 0, {"rank": 4, "target": "attention"})
             tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.5}, adapter_dir=adapter)
             lineage = {"sweep": f"{name}-sweep", "trial_number": "0", "task": task, "base_model": str(base),
-                       "base_model_sha256": models.content_hash(base), "val.macro_f1": "0.5",
+                       "base_model_sha256": pretrained.content_hash(base), "val.macro_f1": "0.5",
                        "baseline.majority.validation.macro_f1": "0.26"}
             assert registry.promote(tracker, name, run_id, ["champion"], lineage, {"macro_f1": 0.4})[1]
         # what `sweep serve` answers for the same adapters: the reference both MLflow paths must match

@@ -13,9 +13,10 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from sweeps import adapters, models
-from sweeps.memory import PeakMemory
 from sweeps.params import TrialParams
+from sweeps.trial.adapters import lora
+from sweeps.trial.memory.meter import PeakMemory
+from sweeps.trial.models import pretrained
 
 
 def tiny_bert(num_labels: int = 3) -> BertForSequenceClassification:
@@ -42,7 +43,7 @@ def tiny_gpt2(num_labels: int = 3) -> GPT2ForSequenceClassification:
 def _rel(names):  # "bert.encoder.layer.1.attention.self.query" -> (1, "attention.self.query")
     out = set()
     for n in names:
-        m = adapters._BLOCK.match(n)
+        m = lora._BLOCK.match(n)
         out.add((int(m.group(1)), m.group(2)))
     return out
 
@@ -60,19 +61,19 @@ EXPECTED = {
 def test_groups_resolve_on_full_names(family):
     build, attn, ffn = EXPECTED[family]
     model = build()
-    got_attn = _rel(adapters.target_modules(model, "attention", "all"))
-    got_ffn = _rel(adapters.target_modules(model, "ffn", "all"))
-    got_all = _rel(adapters.target_modules(model, "all-linear", "all"))
+    got_attn = _rel(lora.target_modules(model, "attention", "all"))
+    got_ffn = _rel(lora.target_modules(model, "ffn", "all"))
+    got_all = _rel(lora.target_modules(model, "all-linear", "all"))
     assert got_attn == {(i, p) for i in range(2) for p in attn}
     assert got_ffn == {(i, p) for i in range(2) for p in ffn}
     assert got_attn.isdisjoint(got_ffn)
     assert got_all == got_attn | got_ffn
-    for name in adapters.target_modules(model, "all-linear", "all"):
+    for name in lora.target_modules(model, "all-linear", "all"):
         assert not any(h in name.split(".") for h in ("classifier", "score", "pooler"))
 
 
 def test_bert_output_dense_is_not_attention_output():
-    ffn = adapters.target_modules(tiny_bert(), "ffn", "all")
+    ffn = lora.target_modules(tiny_bert(), "ffn", "all")
     assert "bert.encoder.layer.0.output.dense" in ffn
     assert not any("attention" in n for n in ffn)
 
@@ -80,13 +81,13 @@ def test_bert_output_dense_is_not_attention_output():
 @pytest.mark.parametrize("layers,blocks", [("0", {0}), ("1", {1}), ("0-1", {0, 1}), ("lower-half", {0}),
                                            ("upper-half", {1}), ("all", {0, 1})])
 def test_layer_ranges(layers, blocks):
-    names = adapters.target_modules(tiny_llama(), "attention", layers)
+    names = lora.target_modules(tiny_llama(), "attention", layers)
     assert {b for b, _ in _rel(names)} == blocks
 
 
 def test_layer_range_out_of_bounds():
-    with pytest.raises(adapters.TargetError, match="2 blocks"):
-        adapters.target_modules(tiny_bert(), "attention", "0-5")
+    with pytest.raises(lora.TargetError, match="2 blocks"):
+        lora.target_modules(tiny_bert(), "attention", "0-5")
 
 
 def test_unknown_architecture_lists_linear_names():
@@ -98,8 +99,8 @@ def test_unknown_architecture_lists_linear_names():
                                                                     "fc_out": torch.nn.Linear(4, 4)})])
             self.head = torch.nn.Linear(4, 2)
 
-    with pytest.raises(adapters.TargetError) as err:
-        adapters.target_modules(Odd(), "attention", "all")
+    with pytest.raises(lora.TargetError) as err:
+        lora.target_modules(Odd(), "attention", "all")
     msg = str(err.value)
     assert "oddformer" in msg and "fc_in" in msg and "fc_out" in msg and "head" in msg
     assert msg.count("fc_in") == 1  # deduplicated
@@ -124,13 +125,13 @@ def test_apply_peft_trainable_arithmetic(method, family):
     build = EXPECTED[family][0]
     model = build()
     params = TrialParams(method=method, rank=4, target="all-linear")
-    names = adapters.target_modules(model, "all-linear", "all")
+    names = lora.target_modules(model, "all-linear", "all")
     expected = _lora_count(model, names, 4, dora=method == "dora")
     head = {"bert": ["classifier", "bert.pooler"], "llama": ["score"], "gpt2": ["score"]}[family]
     mods = dict(model.named_modules())
     expected += sum(p.numel() for h in head for p in mods[h].parameters())
-    peft_model = adapters.apply_peft(model, params, "classification", 3)
-    trainable, total = adapters.trainable_params(peft_model)
+    peft_model = lora.apply_peft(model, params, "classification", 3)
+    trainable, total = lora.trainable_params(peft_model)
     assert trainable == expected
     assert total > trainable
     cfg = peft_model.peft_config["default"]
@@ -139,7 +140,7 @@ def test_apply_peft_trainable_arithmetic(method, family):
 
 
 def test_save_and_load_adapter_reproduce_logits(tmp_path):
-    model = adapters.apply_peft(tiny_bert(), TrialParams(rank=4, target="all-linear"), "classification", 3)
+    model = lora.apply_peft(tiny_bert(), TrialParams(rank=4, target="all-linear"), "classification", 3)
     with torch.no_grad():  # make the adapter and head non-trivial
         for _name, p in model.named_parameters():
             if p.requires_grad:
@@ -147,20 +148,20 @@ def test_save_and_load_adapter_reproduce_logits(tmp_path):
     model.eval()
     x = torch.randint(1, 100, (2, 7))
     expected = model(input_ids=x).logits
-    out = adapters.save_adapter(model, tmp_path / "adapter")
+    out = lora.save_adapter(model, tmp_path / "adapter")
     files = {p.name for p in out.iterdir()}
     assert "adapter_model.safetensors" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-    loaded = adapters.load_adapter(tiny_bert(), out).eval()
+    loaded = lora.load_adapter(tiny_bert(), out).eval()
     torch.testing.assert_close(loaded(input_ids=x).logits, expected)
 
 
 def test_load_adapter_refuses_pickles(tmp_path):
-    model = adapters.apply_peft(tiny_bert(), TrialParams(rank=2), "classification", 3)
-    out = adapters.save_adapter(model, tmp_path / "adapter")
+    model = lora.apply_peft(tiny_bert(), TrialParams(rank=2), "classification", 3)
+    out = lora.save_adapter(model, tmp_path / "adapter")
     (out / "adapter_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(ValueError, match="pickle"):
-        adapters.load_adapter(tiny_bert(), out)
+        lora.load_adapter(tiny_bert(), out)
 
 
 # ---------------------------------------------------------------- bitsandbytes on CPU
@@ -179,14 +180,14 @@ def bert_dir(tmp_path_factory):
 def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
     pytest.importorskip("bitsandbytes")
     params = TrialParams(quantization=quant, compute_dtype="float32", rank=4, target="all-linear", pooling="cls")
-    model = models.load_base(bert_dir, "classification", 3, params, "cpu")
+    model = pretrained.load_base(bert_dir, "classification", 3, params, "cpu")
     linear = model.bert.encoder.layer[0].attention.self.query
     assert type(linear).__name__ in ("Linear8bitLt", "Linear4bit")
     assert type(model.classifier) is torch.nn.Linear and model.classifier.weight.dtype == torch.float32
     assert type(model.bert.pooler.dense) is torch.nn.Linear
-    full = models.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
-    assert models.weight_bytes(model) < models.weight_bytes(full)
-    peft_model = adapters.apply_peft(model, params, "classification", 3)
+    full = pretrained.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
+    assert pretrained.weight_bytes(model) < pretrained.weight_bytes(full)
+    peft_model = lora.apply_peft(model, params, "classification", 3)
     peft_model.train()
     x = torch.randint(1, 100, (4, 9))
     out = peft_model(input_ids=x, labels=torch.tensor([0, 1, 2, 0]))
@@ -199,16 +200,16 @@ def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
 
 
 def test_weight_bytes_and_content_hash(bert_dir):
-    model = models.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
-    assert models.weight_bytes(model) == sum(t.numel() * t.element_size()
+    model = pretrained.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
+    assert pretrained.weight_bytes(model) == sum(t.numel() * t.element_size()
                                              for t in list(model.parameters()) + list(model.buffers()))
-    h1 = models.content_hash(bert_dir)
-    assert len(h1) == 64 and h1 == models.content_hash(bert_dir)
-    assert models.content_hash("org/some-model") != h1
+    h1 = pretrained.content_hash(bert_dir)
+    assert len(h1) == 64 and h1 == pretrained.content_hash(bert_dir)
+    assert pretrained.content_hash("org/some-model") != h1
 
 
 def test_detect_bf16_is_a_bool():
-    assert isinstance(models.detect_bf16("cpu"), bool)
+    assert isinstance(pretrained.detect_bf16("cpu"), bool)
 
 
 def test_peak_memory_sees_an_allocation():
@@ -224,9 +225,10 @@ def test_boundary_no_ray_mlflow_optuna_imports():
     import ast
     import pathlib
 
-    root = pathlib.Path(models.__file__).parent
-    for mod in ("trial", "models", "adapters", "memory"):
-        tree = ast.parse((root / f"{mod}.py").read_text())
+    root = pathlib.Path(pretrained.__file__).parents[1]  # sweeps/trial
+    for path in sorted(root.rglob("*.py")):
+        mod = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text())
         imported = set()
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
@@ -237,8 +239,8 @@ def test_boundary_no_ray_mlflow_optuna_imports():
 
 
 def test_mean_pooling_classifies_the_masked_mean(bert_dir):
-    model = models.load_base(bert_dir, "classification", 3, TrialParams(pooling="mean"), "cpu").eval()
-    assert isinstance(model.bert.pooler, models.MeanPooler)
+    model = pretrained.load_base(bert_dir, "classification", 3, TrialParams(pooling="mean"), "cpu").eval()
+    assert isinstance(model.bert.pooler, pretrained.MeanPooler)
     x = torch.randint(5, 100, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
     with torch.no_grad():
@@ -247,7 +249,7 @@ def test_mean_pooling_classifies_the_masked_mean(bert_dir):
         torch.testing.assert_close(pooled[1], hidden[1, :3].mean(dim=0))
         logits = model(input_ids=x, attention_mask=mask).logits
         torch.testing.assert_close(logits, model.classifier(pooled))
-    peft_model = adapters.apply_peft(model, TrialParams(rank=2), "classification", 3)
+    peft_model = lora.apply_peft(model, TrialParams(rank=2), "classification", 3)
     assert "pooler" not in peft_model.peft_config["default"].modules_to_save
 
 
@@ -268,7 +270,7 @@ def test_4bit_base_passes_gradients_after_an_evaluation(tmp_path):
 
     def lowest_lora_grad(evaluate_first: bool) -> float:
         torch.manual_seed(0)
-        model = adapters.apply_peft(models.load_base(base, "instruction", None, params, "cpu"), params,
+        model = lora.apply_peft(pretrained.load_base(base, "instruction", None, params, "cpu"), params,
                                     "instruction")
         with torch.no_grad():
             for name, p in model.named_parameters():
@@ -312,7 +314,7 @@ def test_full_precision_weights_are_owned_not_mapped_from_the_checkpoint(bert_di
         return sum(any(a <= p.data_ptr() < b for a, b in ranges) for p in model.parameters())
 
     plain = AutoModelForSequenceClassification.from_pretrained(bert_dir)
-    ours = models.load_base(bert_dir, "classification", 3, TrialParams(pooling="cls"), "cpu")
+    ours = pretrained.load_base(bert_dir, "classification", 3, TrialParams(pooling="cls"), "cpu")
     assert mapped(ours) == 0
     if mapped(plain) == 0:  # transformers copied them itself: nothing to tell apart on this version
         pytest.skip("this transformers version does not map checkpoint weights")
@@ -328,7 +330,7 @@ def test_4bit_layers_follow_autocast_like_nn_linear(tmp_path):
 
     base = _tiny.tiny_llama(tmp_path / "llama")
     params = TrialParams(quantization="nf4", compute_dtype="bfloat16")
-    q_proj = models.load_base(base, "instruction", None, params, "cpu").model.layers[0].self_attn.q_proj
+    q_proj = pretrained.load_base(base, "instruction", None, params, "cpu").model.layers[0].self_attn.q_proj
     x = torch.randn(2, 5, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert q_proj(x).dtype == torch.nn.Linear(64, 64)(x).dtype == torch.bfloat16
@@ -336,13 +338,13 @@ def test_4bit_layers_follow_autocast_like_nn_linear(tmp_path):
 
 
 def test_heap_guard_trims_only_on_creep(monkeypatch):
-    from sweeps import memory
+    from sweeps.trial.memory import meter
 
     levels = iter([1000, 1100, 1200, 1300 + 300, 900, 950])  # MiB after each step
     trims = []
-    monkeypatch.setattr(memory, "_rss_anon_bytes", lambda: next(levels) * 2**20)
-    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1))
-    guard = memory.HeapGuard(slack_mb=256)
+    monkeypatch.setattr(meter, "_rss_anon_bytes", lambda: next(levels) * 2**20)
+    monkeypatch.setattr(meter, "trim_heap", lambda: trims.append(1))
+    guard = meter.HeapGuard(slack_mb=256)
     for _ in range(6):
         guard.step()
     # level 1000 set; 1100, 1200 within slack; 1600 > 1256: trim; 900 sets the level again; 950 within slack

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweeps import classify, models, probe, trial
 from sweeps.params import TrialParams
+from sweeps.trial import loop, probe
+from sweeps.trial.models import pretrained
+from sweeps.trial.tasks import classify
 from tests.test_trial import make_spec, store, tiny_csv, tiny_model_dir  # noqa: F401 - fixtures
 
 
@@ -38,11 +40,11 @@ def test_linear_probe_recovers_a_linear_rule_and_folds_its_standardisation():
 def test_probe_head_loaded_into_the_model_scores_what_the_probe_scored(store, tiny_model_dir, tiny_csv):
     spec = make_spec(tiny_model_dir, tiny_csv)
     params = spec.params
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base)
-    task = trial._task(spec, params, tokenizer)
-    model = trial._load(spec, params, base, tokenizer, task, "cpu")
-    fit = probe.compute(model, task, "cpu", task.probe_parts(params, models.content_hash(base)))
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base)
+    task = loop._task(spec, params, tokenizer)
+    model = loop._load(spec, params, base, tokenizer, task, "cpu")
+    fit = probe.compute(model, task, "cpu", task.probe_parts(params, pretrained.content_hash(base)))
     probe.init_head(probe.head_module(model), fit)
     scored = classify.evaluate(model, task.splits["validation"], task.pad_id, 8, "cpu", bf16=False)
     assert scored["macro_f1"] == pytest.approx(fit["validation"]["macro_f1"], abs=1e-6)
@@ -54,12 +56,12 @@ def test_head_only_trains_the_head_alone_and_lp_ft_starts_from_the_probe(store, 
     # head-only + LP-FT with a vanishing learning rate: the trial's head is the probe's, so it scores the probe
     spec = make_spec(tiny_model_dir, tiny_csv, method="head-only", head_init="probe", learning_rate=1e-12,
                      head_lr_ratio=1.0, epochs=1)
-    result = trial.run_trial(spec, spec.params, tmp_path / "h", device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "h", device="cpu")
     hidden, labels = 32, 3
     assert result.metrics["trainable_params"] == hidden * labels + labels  # the classifier (mean pooling: no pooler)
-    base = models.resolve_base(spec.model)
-    task = trial._task(spec, spec.params, models.load_tokenizer(base))
-    fit = probe.cached(task.probe_parts(spec.params, models.content_hash(base)))
+    base = pretrained.resolve_base(spec.model)
+    task = loop._task(spec, spec.params, pretrained.load_tokenizer(base))
+    fit = probe.cached(task.probe_parts(spec.params, pretrained.content_hash(base)))
     assert fit is not None  # the trial computed it once and kept it
     assert result.metrics["macro_f1"] == pytest.approx(fit["validation"]["macro_f1"], abs=1e-6)
     from safetensors.torch import load_file
@@ -67,18 +69,18 @@ def test_head_only_trains_the_head_alone_and_lp_ft_starts_from_the_probe(store, 
     saved = load_file(result.adapter_dir / "adapter_model.safetensors")
     lora_b = [v for k, v in saved.items() if "lora_B" in k]
     assert lora_b and all(torch.count_nonzero(v) == 0 for v in lora_b)  # the frozen LoRA adds nothing
-    again = trial.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
+    again = loop.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
     assert again["macro_f1"] == pytest.approx(result.metrics["macro_f1"])
 
 
 def test_restore_best_keeps_the_best_epoch(store, tiny_model_dir, tiny_csv, tmp_path):
     spec = make_spec(tiny_model_dir, tiny_csv, epochs=4, restore_best=True, learning_rate=2e-2)
-    result = trial.run_trial(spec, spec.params, tmp_path / "b", device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "b", device="cpu")
     scores = [row["macro_f1"] for row in result.history]
     best = int(np.argmax(scores)) + 1
     assert result.metrics["best_epoch"] == best
     assert result.metrics["macro_f1"] == pytest.approx(max(scores))
-    again = trial.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
+    again = loop.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
     assert again["macro_f1"] == pytest.approx(max(scores))  # the saved adapter is the best epoch's
 
 
@@ -90,18 +92,18 @@ def test_head_only_is_a_valid_search_point():
 
 
 def test_folds_score_every_training_row_once_and_never_touch_test(store, tiny_model_dir, tiny_csv, tmp_path):
-    from sweeps import data
     from sweeps.spec import validate_dict
+    from sweeps.trial.data import labelled
 
     raw = make_spec(tiny_model_dir, tiny_csv).model_dump(mode="json")
     raw["data"]["folds"] = 3
     raw["data"]["test"] = str(tiny_csv)  # a test file: it must stay out of every fold
     spec = validate_dict(raw)
-    pool = data.load_classification(spec.data, spec.seed, None)
+    pool = labelled.load_classification(spec.data, spec.seed, None)
     assert len(pool.validation) == 0 and len(pool.train) == 60  # the refit trains on every training row
     seen = []
     for fold in range(3):
-        split = data.load_classification(spec.data, spec.seed, fold)
+        split = labelled.load_classification(spec.data, spec.seed, fold)
         rows = list(zip(split.validation["text"], split.validation["label"], strict=True))
         seen.append(rows)
         assert len(split.train) + len(split.validation) == 60
@@ -109,7 +111,7 @@ def test_folds_score_every_training_row_once_and_never_touch_test(store, tiny_mo
         assert sorted(np.bincount(np.asarray(split.validation["label"]))) == [5, 5, 10]  # stratified
     assert all(a != b for i, a in enumerate(seen) for b in seen[i + 1:])  # different validation rows per fold
     assert sum(len(s) for s in seen) == 60
-    result = trial.run_trial(spec, spec.params, tmp_path / "cv", device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "cv", device="cpu")
     assert result.metrics["folds"] == 3 and result.info["cv_rows"] == 60
     assert 0 < result.metrics["macro_f1_se"] < 0.2
     assert {"fold0_macro_f1", "fold1_macro_f1", "fold2_macro_f1"} <= set(result.metrics)

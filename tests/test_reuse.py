@@ -14,8 +14,10 @@ import _tiny
 import pytest
 import torch
 
-from sweeps import adapters, memory, models, prefix, reuse
 from sweeps.params import TrialParams
+from sweeps.trial.adapters import lora
+from sweeps.trial.memory import meter, prefix, reuse
+from sweeps.trial.models import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,14 +67,14 @@ def _batches(path: Path):
 def _trial(path: Path, params: TrialParams, fresh: bool) -> dict:
     """What run_trial does with the base, in small: seed, base, LoRA, a few steps with dropout, evaluate."""
     torch.manual_seed(13)
-    with memory.PeakMemory("cpu") as pm:
+    with meter.PeakMemory("cpu") as pm:
         if fresh:
-            model = models.load_base(path, "classification", 3, params, "cpu")
-            prefix.attach(model, adapters.lowest_block(model, params))
+            model = pretrained.load_base(path, "classification", 3, params, "cpu")
+            prefix.attach(model, lora.lowest_block(model, params))
         else:
             model = reuse.base_for_trial(path, "classification", 3, params, "cpu", peak=pm)
-        weight_bytes = models.weight_bytes(model)
-        peft_model = adapters.apply_peft(model, params, "classification", 3)
+        weight_bytes = pretrained.weight_bytes(model)
+        peft_model = lora.apply_peft(model, params, "classification", 3)
         opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
         peft_model.train()
         for _ in range(2):
@@ -85,7 +87,7 @@ def _trial(path: Path, params: TrialParams, fresh: bool) -> dict:
         with torch.inference_mode():
             logits = torch.cat([peft_model(input_ids=ids, attention_mask=mask).logits for ids, mask, _ in
                                 _batches(path)])
-    trainable, total = adapters.trainable_params(peft_model)
+    trainable, total = lora.trainable_params(peft_model)
     if not fresh:
         reuse.release(peft_model)
     return {"loss": loss.item(), "logits": logits, "trainable": trainable, "total": total,
@@ -119,7 +121,7 @@ def test_release_restores_the_loaded_base(headless_bert):
     model = reuse.base_for_trial(headless_bert, "classification", 3, params, "cpu")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_modules()]
-    peft_model = adapters.apply_peft(model, params, "classification", 3)
+    peft_model = lora.apply_peft(model, params, "classification", 3)
     with torch.no_grad():
         for p in peft_model.parameters():
             if p.requires_grad:
@@ -139,11 +141,11 @@ def test_prefix_cache_is_filled_once_and_reused(headless_bert):
     assert 0 < distinct == len(cache.rows) <= 6 and cache.hits > 0 and cache.blocks == 1
     _trial(headless_bert, params, fresh=False)
     assert cache.misses == distinct  # the second trial computed nothing below block 1
-    assert memory.platform_bytes() >= cache.nbytes > 0  # held as platform memory, not charged to trials
+    assert meter.platform_bytes() >= cache.nbytes > 0  # held as platform memory, not charged to trials
 
 
 def test_prefix_falls_back_on_left_padding(headless_bert):
-    model = models.load_base(headless_bert, "classification", 3, PARAMS[0], "cpu").eval()
+    model = pretrained.load_base(headless_bert, "classification", 3, PARAMS[0], "cpu").eval()
     ids, mask, _ = _batches(headless_bert)[0]
     plain = model(input_ids=ids.flip(1), attention_mask=mask.flip(1)).logits
     assert prefix.attach(model, 1)
@@ -153,13 +155,14 @@ def test_prefix_falls_back_on_left_padding(headless_bert):
 
 CHILD = """
 import json, sys
-from sweeps import reuse, trial
 from sweeps.spec import validate_dict
+from sweeps.trial import loop
+from sweeps.trial.memory import reuse
 raw = json.loads(sys.argv[1])
 out = []
 for i, params in enumerate(raw.pop("runs")):
     spec = validate_dict({**raw, "params": params}, "reuse-test")
-    result = trial.run_trial(spec, spec.params, sys.argv[2] + f"/t{i}")
+    result = loop.run_trial(spec, spec.params, sys.argv[2] + f"/t{i}")
     keys = ("accuracy", "macro_f1", "loss", "perplexity", "routing_accuracy", "zero_shot_loss", "trainable_params",
             "base_weight_bytes", "total_params")
     out.append({k: result.metrics[k] for k in keys if k in result.metrics})
@@ -190,8 +193,8 @@ def test_run_trial_twice_in_one_process_equals_fresh_processes(headless_bert, tm
     together = _run(raw, runs + runs[:1], tmp_path / "a", reuse_on=True)
     apart = [_run(raw, [r], tmp_path / f"f{i}", reuse_on=False)["metrics"][0] for i, r in enumerate(runs)]
     assert together["metrics"] == apart + apart[:1]
-    source = (ROOT / "sweeps" / "trial.py").read_text()
-    if "reuse." in source:  # trial.py hands trials the worker's base: the slot must have served them
+    source = (ROOT / "sweeps" / "trial" / "loop.py").read_text()
+    if "reuse." in source:  # the trial loop hands trials the worker's base: the slot must have served them
         assert together["slot"]
 
 

@@ -15,11 +15,13 @@ import pytest
 import torch
 from _tiny import random_lora, tiny_bert, tiny_llama
 
-from sweeps import adapters, models, registry
+from sweeps import registry
 from sweeps.params import TrialParams
 from sweeps.serve import Background
 from sweeps.serving import Engine, Limits
 from sweeps.sources import SourceError
+from sweeps.trial.adapters import lora
+from sweeps.trial.models import pretrained
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["great relief and i love it", "awful pain and nausea", "okay i guess, mixed feelings",
@@ -27,9 +29,9 @@ TEXTS = ["great relief and i love it", "awful pain and nausea", "okay i guess, m
 
 
 def _cls_adapter(base: Path, out: Path, seed: int) -> Path:
-    model = models.load_base(base, "classification", 3, TrialParams(), "cpu")
+    model = pretrained.load_base(base, "classification", 3, TrialParams(), "cpu")
     peft = random_lora(model, "classification", target=("query", "value"), seed=seed, heads=("classifier",))
-    path = adapters.save_adapter(peft, out)
+    path = lora.save_adapter(peft, out)
     (path / "labels.json").write_text(json.dumps(LABELS))
     return path
 
@@ -53,8 +55,8 @@ def cls(tmp_path_factory):
 
 def offline_scores(base: Path, adapter: Path, texts: list[str]) -> list[list[float]]:
     """What the adapter predicts on its own, loaded the way a trial evaluates it (no server, no batching)."""
-    model = adapters.load_adapter(models.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)
-    tok = models.load_tokenizer(base)
+    model = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)
+    tok = pretrained.load_tokenizer(base)
     with torch.inference_mode():
         out = []
         for text in texts:  # one at a time: no padding at all
@@ -150,7 +152,7 @@ def _register(tracker, base: Path, adapter: Path, number: int) -> str:
     parent = tracker.start_sweep("reviews-sweep", "name: reviews-sweep\n")
     run_id = tracker.start_trial("reviews-sweep", parent, number, {"rank": 4})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.5}, adapter_dir=adapter)
-    lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": models.content_hash(base)}
+    lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": pretrained.content_hash(base)}
     return registry.promote(tracker, "reviews", run_id, ["champion"], lineage)[0]
 
 
@@ -182,8 +184,8 @@ def test_reload_and_alias_polling_swap_the_adapter_without_restart(cls, store, t
 
 
 def _causal_adapter(base: Path, out: Path, seed: int, chat: dict | None = None) -> Path:
-    model = models.load_base(base, "instruction", None, TrialParams(), "cpu")
-    path = adapters.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), out)
+    model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
+    path = lora.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), out)
     if chat:
         (path / "chat.json").write_text(json.dumps(chat))
     return path
@@ -198,7 +200,7 @@ def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path, closi
     engine = closing(Engine([(n, str(p)) for n, p in paths.items()], limits=Limits(max_wait_ms=50)))
     expected = {}
     for name, path in paths.items():  # offline: each adapter alone, one prompt at a time, no padding
-        model = adapters.load_adapter(models.load_base(base, "instruction", None, TrialParams(), "cpu"), path)
+        model = lora.load_adapter(pretrained.load_base(base, "instruction", None, TrialParams(), "cpu"), path)
         for p in prompts:
             ids = torch.tensor([engine.render(p, "be brief" if name == "helpdesk" else None)])
             out = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -221,12 +223,12 @@ def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path, closi
 
 
 def test_grouped_mixed_batches_equal_pefts_own_mixed_forward(cls):
-    from sweeps import multi
+    from sweeps.trial.adapters import multi
 
     base, paths = cls
     ids = torch.tensor([[2, 4, 1, 3, 0], [2, 1, 1, 3, 0], [2, 1, 4, 1, 3], [2, 3, 0, 0, 0]])
     mask = (ids != 0).long()
-    model = adapters.load_adapter(models.load_base(base, "classification", 3, TrialParams(), "cpu"), paths["reviews"],
+    model = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), paths["reviews"],
                                   "a")
     multi.add_adapter(model, paths["legal"], "b")
     model.eval()

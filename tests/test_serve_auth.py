@@ -17,12 +17,14 @@ import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import adapters, export, fuse, models, registry, sources
+from sweeps import export, fuse, registry, sources
 from sweeps.cli import app as cli
 from sweeps.params import TrialParams
 from sweeps.serve import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
 from sweeps.serving import Engine
 from sweeps.sources import UnverifiedBase
+from sweeps.trial.adapters import lora
+from sweeps.trial.models import pretrained
 
 TOKEN = "s3cret-token-of-the-team"
 
@@ -142,8 +144,8 @@ def test_chunked_body_over_the_limit_is_refused_before_it_is_read():
 def bert(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     base = tiny_bert(root / "base")
-    model = models.load_base(base, "classification", 3, TrialParams(), "cpu")
-    path = adapters.save_adapter(random_lora(model, "classification", target=("query", "value"),
+    model = pretrained.load_base(base, "classification", 3, TrialParams(), "cpu")
+    path = lora.save_adapter(random_lora(model, "classification", target=("query", "value"),
                                              heads=("classifier",)), root / "reviews")
     (path / "labels.json").write_text(json.dumps(["neg", "neu", "pos"]))
     return base, path
@@ -205,8 +207,8 @@ def test_unverified_base_is_refused_by_fuse_unless_allowed(tmp_path):
     base = tiny_llama(tmp_path / "llama")
     paths = []
     for seed in (1, 2):
-        model = models.load_base(base, "instruction", None, TrialParams(), "cpu")
-        paths.append(adapters.save_adapter(random_lora(model, "instruction", seed=seed), tmp_path / f"a{seed}"))
+        model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
+        paths.append(lora.save_adapter(random_lora(model, "instruction", seed=seed), tmp_path / f"a{seed}"))
     paths[1] = _unverifiable(paths[1], tmp_path / "unverified", base)
     rows = [{"prompt": "reset my password", "response": "Use the reset page."}]
     with pytest.raises(UnverifiedBase, match="unverified"):

@@ -10,9 +10,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from sweeps import classify, trial
 from sweeps.params import TrialParams
 from sweeps.spec import validate_dict
+from sweeps.trial import loop
+from sweeps.trial.tasks import classify
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "okay", "meh", "the", "drug", "works", "pain"]
 CLASS_WORDS = {"negative": ["bad", "awful", "poor"], "neutral": ["okay", "meh", "fine"],
@@ -74,7 +75,7 @@ METRIC_KEYS = {"accuracy", "macro_f1", "loss", "peak_memory_bytes", "peak_memory
 def test_run_trial_end_to_end(store, tiny_model_dir, tiny_csv, tmp_path):
     spec = make_spec(tiny_model_dir, tiny_csv)
     reports = []
-    result = trial.run_trial(spec, spec.params, tmp_path / "t0", report=reports.append, device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "t0", report=reports.append, device="cpu")
     assert [r["epoch"] for r in reports] == [1, 2]
     for r in reports:
         assert {"accuracy", "macro_f1", "loss", "train_loss", "peak_memory_mb", "trainable_params"} <= set(r)
@@ -89,7 +90,7 @@ def test_run_trial_end_to_end(store, tiny_model_dir, tiny_csv, tmp_path):
     assert result.info["memory_method"].startswith(("cpu", "cuda"))
     assert len(result.history) == 2
     # the saved adapter evaluates on the same split to the same numbers
-    again = trial.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
+    again = loop.evaluate_adapter(spec, spec.params, result.adapter_dir, split="validation", device="cpu")
     assert again["accuracy"] == pytest.approx(result.metrics["accuracy"])
     assert again["macro_f1"] == pytest.approx(result.metrics["macro_f1"])
 
@@ -97,7 +98,7 @@ def test_run_trial_end_to_end(store, tiny_model_dir, tiny_csv, tmp_path):
 @pytest.mark.parametrize("balance", ["balanced_sampler", "none"])
 def test_class_balance_modes_and_few_shot(store, tiny_model_dir, tiny_csv, tmp_path, balance):
     spec = make_spec(tiny_model_dir, tiny_csv, class_balance=balance, k_per_class=4, epochs=1)
-    result = trial.run_trial(spec, spec.params, tmp_path / "t1", device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "t1", device="cpu")
     assert result.info["train_examples"] == 12
     assert result.metrics["epochs_run"] == 1
 
@@ -110,15 +111,15 @@ def test_nan_loss_fails_the_trial(store, tiny_model_dir, tiny_csv, tmp_path, mon
         return real(self, logits, target) * float("nan")
 
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_loss)
-    with pytest.raises(trial.TrialFailed) as err:
-        trial.run_trial(spec, spec.params, tmp_path / "t2", device="cpu")
+    with pytest.raises(loop.TrialFailed) as err:
+        loop.run_trial(spec, spec.params, tmp_path / "t2", device="cpu")
     assert "nan" in err.value.reason and "epoch 1 step 1" in err.value.reason
 
 
 def test_memory_over_limit_is_infeasible(store, tiny_model_dir, tiny_csv, tmp_path):
     spec = make_spec(tiny_model_dir, tiny_csv, max_memory_mb=1e-6)
-    with pytest.raises(trial.TrialInfeasible, match="max_memory_mb"):
-        trial.run_trial(spec, spec.params, tmp_path / "t3", device="cpu")
+    with pytest.raises(loop.TrialInfeasible, match="max_memory_mb"):
+        loop.run_trial(spec, spec.params, tmp_path / "t3", device="cpu")
 
 
 def test_macro_f1_by_hand():
@@ -157,7 +158,7 @@ def test_real_minilm_trial_on_drug_reviews(store, tmp_path):
         "budget": {"trials": 2},
     }
     spec = validate_dict(raw)
-    result = trial.run_trial(spec, spec.params, tmp_path / "real", device="cpu")
+    result = loop.run_trial(spec, spec.params, tmp_path / "real", device="cpu")
     assert result.metrics["macro_f1"] > 0
     assert math.isfinite(result.metrics["loss"])
     assert result.info["train_examples"] == 120

@@ -53,10 +53,10 @@ class _Clock:
 def trials(p: dict) -> None:
     import torch
 
-    from sweeps import trial
     from sweeps.spec import load_spec
-    from sweeps.trial import run_trial
-    from sweeps.worker import release_memory, trial_params
+    from sweeps.trial import loop
+    from sweeps.trial.loop import run_trial
+    from sweeps.trial.worker import release_memory, trial_params
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
@@ -70,7 +70,7 @@ def trials(p: dict) -> None:
         if csv_path and key in done:
             continue
         release_memory()  # what the sweep's worker does before each trial
-        trial.time = clock = _Clock()
+        loop.time = clock = _Clock()
         started = time.perf_counter()
         result = run_trial(spec, trial_params(spec, sampled), Path(p["out"]) / f"t{i}")
         cpu = clock.cpu_train_seconds(result.metrics["train_seconds"])
@@ -98,12 +98,13 @@ def _fmt(value) -> str:
 
 def _train_split(spec):
     """The same tokenized train rows our trials see (sweeps.data: same split, truncation and max_length)."""
-    from sweeps import data, models
+    from sweeps.trial.data import labelled
+    from sweeps.trial.models import pretrained
 
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base)
-    task = data.load_classification(spec.data, spec.seed)
-    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base)
+    task = labelled.load_classification(spec.data, spec.seed)
+    splits = labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     return base, tokenizer, task, splits
 
 
@@ -113,16 +114,16 @@ def plain(p: dict) -> None:
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
-    from sweeps import adapters
     from sweeps.spec import load_spec
-    from sweeps.worker import trial_params
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.worker import trial_params
 
     spec = load_spec(p["spec"])
     params = trial_params(spec, p["config"])
     base, tokenizer, task, splits = _train_split(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=len(task.labels))
-    targets = adapters.target_modules(model, params.target, params.layers)  # the same modules as our trial
+    targets = lora.target_modules(model, params.target, params.layers)  # the same modules as our trial
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=params.rank, lora_alpha=params.lora_alpha(),
                                              lora_dropout=params.dropout, target_modules=targets))
     rows = list(splits["train"]["input_ids"])
@@ -178,10 +179,12 @@ def hf(p: dict) -> None:
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from sweeps import adapters, classify, models
-    from sweeps import trial as sweeps_trial
     from sweeps.spec import load_spec
-    from sweeps.worker import trial_params
+    from sweeps.trial import loop as sweeps_trial
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.models import pretrained
+    from sweeps.trial.tasks import classify
+    from sweeps.trial.worker import trial_params
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
@@ -205,10 +208,10 @@ def hf(p: dict) -> None:
 
     def model_init(trial):
         params = sampled_params(trial)
-        model = models.load_base(base, "classification", num_labels, params, "cpu", spec.model.revision)
+        model = pretrained.load_base(base, "classification", num_labels, params, "cpu", spec.model.revision)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
-        return adapters.apply_peft(model, params, "classification", num_labels)
+        return lora.apply_peft(model, params, "classification", num_labels)
 
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights if fixed.class_balance == "weighted_loss" else None)
 
@@ -280,8 +283,8 @@ def hf(p: dict) -> None:
 def pick_test(p: dict) -> None:
     """The sweep's pick (a saved adapter of a finished trial) scored once on the test split (for the hf section)."""
     from sweeps.spec import load_spec
-    from sweeps.trial import evaluate_adapter
-    from sweeps.worker import trial_params
+    from sweeps.trial.loop import evaluate_adapter
+    from sweeps.trial.worker import trial_params
 
     spec = load_spec(p["spec"])
     metrics = evaluate_adapter(spec, trial_params(spec, p["config"]), Path(p["adapter"]), "test", device="cpu")
@@ -305,8 +308,8 @@ def profile(p: dict) -> None:
     import pstats
 
     from sweeps.spec import load_spec
-    from sweeps.trial import run_trial
-    from sweeps.worker import release_memory, trial_params
+    from sweeps.trial.loop import run_trial
+    from sweeps.trial.worker import release_memory, trial_params
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
@@ -331,8 +334,8 @@ def profile(p: dict) -> None:
 
 def recipe(p: dict) -> None:
     from sweeps.spec import load_spec
-    from sweeps.trial import evaluate_adapter, run_trial
-    from sweeps.worker import release_memory, trial_params
+    from sweeps.trial.loop import evaluate_adapter, run_trial
+    from sweeps.trial.worker import release_memory, trial_params
 
     spec = load_spec(p["spec"])
     params = trial_params(spec, p["config"])
@@ -354,7 +357,7 @@ def recipe(p: dict) -> None:
 
 def baselines(p: dict) -> None:
     from sweeps.spec import load_spec
-    from sweeps.worker import baselines as compute
+    from sweeps.trial.worker import baselines as compute
 
     spec = load_spec(p["spec"])
     emit({"phase": "baselines", "seed": spec.seed, **compute(spec)})
@@ -364,34 +367,36 @@ def memory_account(p: dict) -> None:
     import numpy as np
     import torch
 
-    from sweeps import adapters, memory, models, reuse
-    from sweeps import trial as T
-    from sweeps.classify import length_batches
     from sweeps.spec import load_spec
-    from sweeps.worker import release_memory, trial_params
+    from sweeps.trial import loop as T
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.memory import meter, reuse
+    from sweeps.trial.models import pretrained
+    from sweeps.trial.tasks.classify import length_batches
+    from sweeps.trial.worker import release_memory, trial_params
 
     spec = load_spec(p["spec"])
     params = trial_params(spec, p["config"])
     for i in range(p.get("trials", 1)):
         release_memory()  # what the sweep's worker does before each trial
         result = T.run_trial(spec, params, Path(p["out"]) / f"t{i}")
-        emit({"phase": "trial", "index": i, "platform_bytes": memory.platform_bytes(),
+        emit({"phase": "trial", "index": i, "platform_bytes": meter.platform_bytes(),
               **{k: result.metrics[k] for k in ("peak_memory_mb", "peak_memory_bytes", "base_weight_bytes",
                                                 "trainable_params", "macro_f1", "train_seconds")}})
     if not p.get("account"):
         return
     # the accounting: the same set-up as run_trial (the worker's base, prefix cache, PEFT), one forward in train mode
     release_memory()
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
     task = T._task(spec, params, tokenizer)
     T._seed_everything(spec.seed)
-    with memory.PeakMemory("cpu") as pm:
+    with meter.PeakMemory("cpu") as pm:
         model = T._load(spec, params, base, tokenizer, task, "cpu", peak=pm)
-        weight_bytes = models.weight_bytes(model)
+        weight_bytes = pretrained.weight_bytes(model)
         entry = reuse._SLOT.get("entry")
-        model = adapters.apply_peft(model, params, spec.task, task.num_labels)
-        trainable, _ = adapters.trainable_params(model)
+        model = lora.apply_peft(model, params, spec.task, task.num_labels)
+        trainable, _ = lora.trainable_params(model)
         model.train()
         batches = list(task.train_batches(np.random.default_rng(spec.seed), "cpu", length_batches))
         batch = max(batches, key=lambda b: (b["input_ids"].numel(), b["input_ids"].shape[1]))
@@ -417,7 +422,7 @@ def memory_account(p: dict) -> None:
     emit({"phase": "account", "weight_bytes": weight_bytes, "trainable_params": trainable,
           "saved_bytes": sum(seen.values()), "saved_storages": len(seen), "forward_rss_growth": forward_growth,
           "batch_shape": list(batch["input_ids"].shape), "batches": len(batches),
-          "platform_bytes": memory.platform_bytes(),
+          "platform_bytes": meter.platform_bytes(),
           "base_resident_bytes": entry.resident_bytes if entry is not None else None,
           "base_load_peak_bytes": entry.load_peak_bytes if entry is not None else None})
 

@@ -156,8 +156,8 @@ class Results:
 
 def quick_data(workdir: Path, rows: int) -> dict:
     """A stratified subset of the drug-review train split as a CSV (and the full test split), for --quick."""
-    from sweeps.data import load_classification
     from sweeps.spec import load_spec
+    from sweeps.trial.data.labelled import load_classification
 
     spec = load_spec(DEFAULT_SPEC)
     task = load_classification(spec.data, spec.seed)

@@ -144,8 +144,8 @@ t2 = time.time()
 @ray.remote
 def warm():
     t = time.time()
-    from sweeps.worker import run_one  # what a Tune worker imports before its first trial
-    import sweeps.trial  # noqa: F401
+    from sweeps.trial.worker import run_one  # what a Tune worker imports before its first trial
+    import sweeps.trial.loop  # noqa: F401
     return time.time() - t
 t3 = time.time()
 inside = ray.get(warm.remote())

@@ -94,7 +94,7 @@ def check(env: dict, spec_file: Path, fault: str | list[str], models: dict[str, 
 
 
 def _trials_vs_runs(spec, tracker, trials, records, orphans: list) -> list[str]:
-    from sweeps.worker import trial_params
+    from sweeps.trial.worker import trial_params
 
     lost = []
     runs = defaultdict(list)
@@ -140,7 +140,7 @@ def _trials_vs_runs(spec, tracker, trials, records, orphans: list) -> list[str]:
 
 
 def _adapter_problem(spec, tracker, run, params) -> str | None:
-    from sweeps.trial import evaluate_adapter
+    from sweeps.trial.loop import evaluate_adapter
 
     with tempfile.TemporaryDirectory(prefix="sweeps-check-") as tmp:
         try:

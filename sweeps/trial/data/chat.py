@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sweeps import data as data_mod
-from sweeps.data import DataError
+from sweeps.trial.data import labelled as data_mod
+from sweeps.trial.data.labelled import DataError
 from sweeps.spec import DataSpec
 
 IGNORE = -100  # label of a token the loss skips (torch's cross_entropy ignore_index default)

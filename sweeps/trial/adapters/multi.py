@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sweeps.adapters import _check_safetensors
+from sweeps.trial.adapters.lora import _check_safetensors
 
 
 def add_adapter(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str) -> None:

@@ -19,10 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import baseline, chat, models
-from sweeps.chat import IGNORE
 from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.trial import baseline
+from sweeps.trial.data import chat
+from sweeps.trial.data.chat import IGNORE
+from sweeps.trial.models import pretrained
 
 
 def _pad_rows(rows: list[dict], pad_id: int, device: str, packed: bool) -> dict[str, torch.Tensor]:
@@ -172,13 +174,13 @@ class InstructionTask:
         Shared by every trial and promotion on the same base, quantization and data through sweeps.baseline; a
         hub model named without a revision may change under its name, so its figures are not kept.
         """
-        qconfig = models.quantization_config(self.params, device)
+        qconfig = pretrained.quantization_config(self.params, device)
         # The split as the model sees it, with its categories: this covers the data, the seed's split, the
         # tokenizer and its chat template (files that content_hash, over the weights only, does not read).
         seen = [(e.input_ids, e.labels, e.prompt_ids, c.category)
                 for e, c in zip(self.encoded[split], self.chats[split], strict=True)]
         tok = self.tokenizer
-        parts = {"base": models.content_hash(base), "revision": self.spec.model.revision, "device": str(device),
+        parts = {"base": pretrained.content_hash(base), "revision": self.spec.model.revision, "device": str(device),
                  "bf16": bf16, "quantization": qconfig.to_dict() if qconfig else "none",
                  "eval_batch": self.params.batch_size, "split": split, "generations": generations,
                  "inputs": baseline.digest(seen), "special": [tok.pad_token_id, tok.eos_token_id],

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sweeps import baseline, classify
+from sweeps.trial import baseline
+from sweeps.trial.tasks import classify
 
 _WEIGHT_DECAYS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 on standardised features; chosen on validation macro-F1
 

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps import classify
 from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.trial.tasks import classify
 
 
 def run(spec: SweepSpec, params: TrialParams, out_dir: Path, report: Callable[[dict], None] | None,
         device: str | None):
-    from sweeps.trial import TrialResult, run_trial
+    from sweeps.trial.loop import TrialResult, run_trial
 
     folds = spec.data.folds
     y_true, y_pred, fits = [], [], []

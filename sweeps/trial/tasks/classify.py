@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import data
 from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.trial.data import labelled
 
 _BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
 
 
 def prepare_data(spec: SweepSpec, params: TrialParams, tokenizer, fold: int | None = None
-                 ) -> tuple[data.TaskData, dict]:
-    task = data.load_classification(spec.data, spec.seed, fold)
-    splits = data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+                 ) -> tuple[labelled.TaskData, dict]:
+    task = labelled.load_classification(spec.data, spec.seed, fold)
+    splits = labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     if params.k_per_class:
-        train = data.few_shot(task.train, params.k_per_class, spec.seed)
+        train = labelled.few_shot(task.train, params.k_per_class, spec.seed)
         keep = set(_row_keys(train))
         # few_shot keeps rows in order, so select the same rows of the tokenized train split.
         index = [i for i, key in enumerate(_row_keys(task.train)) if key in keep]
@@ -218,7 +218,7 @@ class ClassificationTask:
         return {"kind": "linear-probe", "base": base_hash, "quantization": params.quantization,
                 "double_quant": params.double_quant, "pooling": params.pooling, "seed": self.spec.seed,
                 "k_per_class": params.k_per_class,
-                "tokens": data.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
+                "tokens": labelled.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
 
     def save_extras(self, adapter_dir: Path) -> None:
         (adapter_dir / "labels.json").write_text(json.dumps(self.data.labels))
@@ -227,7 +227,8 @@ class ClassificationTask:
         d = self.spec.data
         return {"train_examples": len(self.splits["train"]), "validation_examples": len(self.splits["validation"]),
                 "labels": self.data.labels, "data_fingerprint": self.data.fingerprint,
-                "truncation": data.truncation_stats(self.data, self.tokenizer, d.max_length, truncation=d.truncation),
+                "truncation": labelled.truncation_stats(self.data, self.tokenizer, d.max_length,
+                                                        truncation=d.truncation),
                 "dropped_rows": dict(self.data.dropped)}
 
 

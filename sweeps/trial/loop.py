@@ -19,11 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps import adapters, memory, models, probe, reuse
-from sweeps.classify import ClassificationTask, length_batches
-from sweeps.memory import PeakMemory
 from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.trial import probe
+from sweeps.trial.adapters import lora
+from sweeps.trial.memory import meter, reuse
+from sweeps.trial.memory.meter import PeakMemory
+from sweeps.trial.models import pretrained
+from sweeps.trial.tasks.classify import ClassificationTask, length_batches
 
 
 class TrialFailed(Exception):
@@ -69,7 +72,7 @@ def _set_threads() -> int:
 
 def _use_bf16(params: TrialParams, device: str) -> bool:
     if params.bf16 == "auto":
-        return models.detect_bf16(device)
+        return pretrained.detect_bf16(device)
     return params.bf16 == "on"
 
 # ---------------------------------------------------------------- training
@@ -108,10 +111,10 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
     rng = np.random.default_rng(spec.seed)
     steps_per_epoch = sum(1 for _ in task.train_batches(np.random.default_rng(spec.seed), "cpu", length_batches))
     trainable, optimizer, scheduler = _optimizer(model, params, steps_per_epoch * params.epochs)
-    n_trainable, _ = adapters.trainable_params(model)
+    n_trainable, _ = lora.trainable_params(model)
     device_type = torch.device(device).type
     # batches of many lengths fragment glibc's heap: hand grown free pages back (SWEEPS_TRIM_HEAP=0: never)
-    heap = memory.HeapGuard() if device_type == "cpu" and os.environ.get("SWEEPS_TRIM_HEAP", "1") != "0" else None
+    heap = meter.HeapGuard() if device_type == "cpu" and os.environ.get("SWEEPS_TRIM_HEAP", "1") != "0" else None
     history: list[dict] = []
     best: tuple[float, int, dict] | None = None  # (score, epoch, trainable weights) when params.restore_best
     t0 = time.perf_counter()
@@ -168,7 +171,9 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
 def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",),
           fold: int | None = None):
     if spec.task == "instruction":
-        from sweeps.instruct import InstructionTask  # torch-only module; imported late to keep this one's import light
+        from sweeps.trial.tasks.instruct import (
+            InstructionTask,  # torch-only module; imported late to keep this one's import light
+        )
 
         return InstructionTask(spec, params, tokenizer, splits)
     task = ClassificationTask(spec, params, tokenizer, fold)
@@ -180,7 +185,7 @@ def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ..
 
 def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str, peak: PeakMemory | None = None):
     if peak is None:  # evaluation, export: a model of its own
-        model = models.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
+        model = pretrained.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
     else:  # a trial: this worker's base from its last trial, made as if freshly loaded, and charged to `peak`
         model = reuse.base_for_trial(base, spec.task, task.num_labels, params, device, spec.model.revision, peak)
     if model.config.pad_token_id is None:
@@ -196,7 +201,7 @@ def _probe_for(spec: SweepSpec, params: TrialParams, model, task, device: str, b
     if head is None:
         raise TrialFailed(f"head_init=probe: {type(model).__name__} has no linear classifier/score head")
     name = "classifier" if getattr(model, "classifier", None) is head else "score"
-    return name, probe.compute(model, task, device, task.probe_parts(params, models.content_hash(base)))
+    return name, probe.compute(model, task, device, task.probe_parts(params, pretrained.content_hash(base)))
 
 
 def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
@@ -205,35 +210,35 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     """Train and evaluate one configuration. With `data.folds` (classification) this is K fits and a refit
     (sweeps.crossval); `fold` is then the fit to run: 0..K-1, or "all" for the refit on every training row."""
     if spec.data.folds and spec.task == "classification" and fold is None:
-        from sweeps import crossval
+        from sweeps.trial import crossval
 
         return crossval.run(spec, params, Path(out_dir), report, device)
     device = pick_device(device)
     threads = _set_threads()
     _seed_everything(spec.seed)
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
     task = _task(spec, params, tokenizer, fold=None if fold == "all" else fold)
     bf16 = _use_bf16(params, device)
-    models.warm_imports(base, spec.task, params)
+    pretrained.warm_imports(base, spec.task, params)
     stats = {"tokens": 0, "train_seconds": 0.0}
     extra: dict[str, float] = {}
     with PeakMemory(device) as pm:
         model = _load(spec, params, base, tokenizer, task, device, peak=pm)
-        stats["base_weight_bytes"] = models.weight_bytes(model)
+        stats["base_weight_bytes"] = pretrained.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
         probe_head = _probe_for(spec, params, model, task, device, base)
-        model = adapters.apply_peft(model, params, spec.task, task.num_labels)
+        model = lora.apply_peft(model, params, spec.task, task.num_labels)
         if probe_head is not None:  # LP-FT: the trained head copy starts from the probe, the base keeps its own
-            probe.init_head(adapters.trained_head(model, probe_head[0]), probe_head[1])
-        n_trainable, stats["total_params"] = adapters.trainable_params(model)
+            probe.init_head(lora.trained_head(model, probe_head[0]), probe_head[1])
+        n_trainable, stats["total_params"] = lora.trainable_params(model)
         if spec.task == "instruction":  # the untuned base, computed once per base and quantization (baseline)
             zero, before = task.zero_shot(model, device, bf16, base,
                                           generations=bool(spec.data.generation_examples))
             extra = {f"zero_shot_{k}": v for k, v in zero.items()}
         history = _train(model, task, params, spec, device, bf16, pm, report, stats)
     _check_memory(params, pm, "at the end of training")
-    adapter_dir = adapters.save_adapter(model, Path(out_dir) / "adapter")
+    adapter_dir = lora.save_adapter(model, Path(out_dir) / "adapter")
     task.save_extras(adapter_dir)
     tables = {}
     if spec.task == "instruction" and spec.data.generation_examples:
@@ -252,7 +257,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
                    epochs_run=float(len(history)))
     info = {"memory_method": pm.method, "device": device, "bf16": bf16, "torch_threads": threads,
             "train_tokens": stats["tokens"], "heap_trims": stats["heap_trims"], "base": str(base),
-            "base_sha256": models.content_hash(base), "target_modules": target_modules, **task.info()}
+            "base_sha256": pretrained.content_hash(base), "target_modules": target_modules, **task.info()}
     return TrialResult(metrics=metrics, adapter_dir=adapter_dir, history=history, info=info, tables=tables)
 
 
@@ -265,15 +270,15 @@ def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, sp
     """
     device = pick_device(device)
     _set_threads()
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base, spec.model.revision)
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
     task = _task(spec, params, tokenizer, (split,))
     labels_file = Path(adapter_dir) / "labels.json"
     if spec.task == "classification" and labels_file.is_file() and json.loads(labels_file.read_text()) != \
             task.data.labels:
         raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has "
                          f"{task.data.labels}")
-    model = adapters.load_adapter(_load(spec, params, base, tokenizer, task, device), adapter_dir)
+    model = lora.load_adapter(_load(spec, params, base, tokenizer, task, device), adapter_dir)
     bf16 = _use_bf16(params, device)
     metrics = task.evaluate(model, device, bf16, split)
     if spec.task == "instruction":

@@ -23,7 +23,7 @@ import os
 
 import torch
 
-from sweeps import memory
+from sweeps.trial.memory import meter
 
 _ATTR = "_sweeps_prefix"  # on the base model: {"cache": PrefixCache, "hook": handle, "encoder": module}
 
@@ -49,7 +49,7 @@ class PrefixCache:
         size = value.numel() * value.element_size()
         if self.nbytes + size > _limit_bytes():
             return  # full: later inputs are computed (still once per step, without dropout) but not kept
-        memory.hold(size)
+        meter.hold(size)
         self.rows[key] = value
         self.nbytes += size
 
@@ -57,7 +57,7 @@ class PrefixCache:
         freed = self.nbytes
         self.rows.clear()
         self.nbytes = 0
-        memory.hold(-freed)
+        meter.hold(-freed)
         return freed
 
 

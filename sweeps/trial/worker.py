@@ -24,7 +24,7 @@ def release_memory() -> None:
     reuse them without its resident memory growing. The base model the worker keeps for its next trial
     (sweeps.reuse) stays; it is charged to each trial that uses it.
     """
-    from sweeps.memory import trim
+    from sweeps.trial.memory.meter import trim
 
     trim()
 
@@ -50,7 +50,7 @@ def run_one(spec_dict: dict, number: int, sampled: dict[str, Any], report: Calla
             threads: int | None = None) -> dict[str, Any]:
     import torch
 
-    from sweeps.trial import TrialFailed, TrialInfeasible, run_trial
+    from sweeps.trial.loop import TrialFailed, TrialInfeasible, run_trial
 
     if threads:
         torch.set_num_threads(threads)
@@ -100,16 +100,18 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     Trials then only read caches: N concurrent workers never race to build the same cache, and a bad data
     file fails the sweep before a single trial is proposed.
     """
-    from sweeps import adapters, data, models
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.data import labelled
+    from sweeps.trial.models import pretrained
 
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base)
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base)
     if spec.task == "instruction":
         return _prepare_instruction(spec, base, tokenizer)
-    task = data.load_classification(spec.data, spec.seed)
-    check_targets(spec, models.skeleton(base, spec.task, len(task.labels)), adapters.target_modules)
-    data.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
-    stats = data.truncation_stats(task, tokenizer, spec.data.max_length,
+    task = labelled.load_classification(spec.data, spec.seed)
+    check_targets(spec, pretrained.skeleton(base, spec.task, len(task.labels)), lora.target_modules)
+    labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    stats = labelled.truncation_stats(task, tokenizer, spec.data.max_length,
                                              truncation=spec.data.truncation)
     return {"base": str(base), "labels": task.labels, "truncation": stats,
             "sizes": {k: len(v) for k, v in (("train", task.train), ("validation", task.validation),
@@ -117,7 +119,9 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str, Any]:
-    from sweeps import adapters, chat, models
+    from sweeps.trial.adapters import lora
+    from sweeps.trial.data import chat
+    from sweeps.trial.models import pretrained
 
     if not getattr(tokenizer, "chat_template", None):
         raise chat.DataError(f"{spec.model.base}: the tokenizer has no chat template; the instruction task renders "
@@ -126,7 +130,7 @@ def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str
     if "routing_accuracy" in spec.metric_names() and not chats.categories:
         raise chat.DataError(f"{spec.data.source}: no values in column {spec.data.category_column!r} "
                              "(data.category_column), which objective routing_accuracy scores")
-    check_targets(spec, models.skeleton(base, spec.task, None), adapters.target_modules)
+    check_targets(spec, pretrained.skeleton(base, spec.task, None), lora.target_modules)
     stats = {split: chat.encode_split(getattr(chats, split), tokenizer, spec.data, split)[2]
              for split in ("train", "validation", "test") if getattr(chats, split)}
     return {"base": str(base), "labels": chats.categories, "truncation": stats,
@@ -143,17 +147,18 @@ def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     """
     if spec.task != "classification":
         return {}
-    from sweeps import models, probe, trial
+    from sweeps.trial import loop, probe
+    from sweeps.trial.models import pretrained
 
     params = trial_params(spec, {}).model_copy(update={"quantization": "none"})
-    base = models.resolve_base(spec.model)
-    tokenizer = models.load_tokenizer(base, spec.model.revision)
-    task = trial._task(spec, params, tokenizer)
-    device = trial.pick_device(None)
-    parts = task.probe_parts(params, models.content_hash(base))
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
+    task = loop._task(spec, params, tokenizer)
+    device = loop.pick_device(None)
+    parts = task.probe_parts(params, pretrained.content_hash(base))
     fit = probe.cached(parts)
     if fit is None:
-        model = trial._load(spec, params, base, tokenizer, task, device)
+        model = loop._load(spec, params, base, tokenizer, task, device)
         fit = probe.compute(model, task, device, parts)
         del model
     out = {}

@@ -26,10 +26,12 @@ from typing import Any
 
 import torch
 
-from sweeps import adapters, memory, models, prefix
 from sweeps.params import TrialParams
+from sweeps.trial.adapters import lora
+from sweeps.trial.memory import meter, prefix
+from sweeps.trial.models import pretrained
 
-_HEADS = set(adapters.HEAD_MODULES)
+_HEADS = set(lora.HEAD_MODULES)
 
 
 @dataclass
@@ -51,7 +53,7 @@ def enabled() -> bool:
 
 
 def _key(base, task: str, num_labels: int | None, params: TrialParams, device: str, revision: str | None) -> tuple:
-    qconfig = models.quantization_config(params, device)
+    qconfig = pretrained.quantization_config(params, device)
     stamp = ()
     if Path(str(base)).is_dir():  # a model directory rewritten in place is a new base
         stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in Path(str(base)).iterdir() if f.is_file()))
@@ -60,7 +62,7 @@ def _key(base, task: str, num_labels: int | None, params: TrialParams, device: s
 
 
 def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams, device: str,
-                   revision: str | None = None, peak: memory.PeakMemory | None = None) -> Any:
+                   revision: str | None = None, peak: meter.PeakMemory | None = None) -> Any:
     """The frozen base for one trial: this worker's cached one made clean, or a fresh load (then cached)."""
     key = _key(base, task, num_labels, params, device, revision)
     entry = _SLOT["entry"]
@@ -70,7 +72,7 @@ def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams,
         _reset(entry)  # first: it draws the new head from the RNG where from_pretrained would have
         freed = prefix.prepare(entry.model, _blocks(entry.model, task, params))
         if freed and peak is not None:  # features of another depth were dropped: measure from here
-            memory.trim()
+            meter.trim()
             peak.restart()
         if peak is not None:
             peak.charge(entry.resident_bytes, entry.load_peak_bytes)
@@ -90,7 +92,7 @@ def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams,
 def release(model: Any) -> None:
     """End of a trial: PEFT layers out (their memory goes with the trial), cache hooks off; the base waits in the
     slot for the next trial. Optional: the next base_for_trial cleans up after a trial that skipped it."""
-    prefix.detach(adapters.release(model))
+    prefix.detach(lora.release(model))
 
 
 def drop() -> None:
@@ -101,21 +103,21 @@ def drop() -> None:
         if cache is not None:
             cache.clear()
         del entry
-        memory.trim()
+        meter.trim()
 
 
 def _blocks(model: Any, task: str, params: TrialParams) -> int | None:
     if task != "classification" or not prefix.enabled():
         return None
     try:
-        return adapters.lowest_block(model, params)
-    except adapters.TargetError:  # apply_peft reports it with the trial's context
+        return lora.lowest_block(model, params)
+    except lora.TargetError:  # apply_peft reports it with the trial's context
         return None
 
 
 def _load(key: tuple, base, task, num_labels, params, device, revision) -> _Entry:
-    with memory.PeakMemory(device) as pm:
-        model = models.load_base(base, task, num_labels, params, device, revision)
+    with meter.PeakMemory(device) as pm:
+        model = pretrained.load_base(base, task, num_labels, params, device, revision)
         resident = pm.level_bytes
     tensors = model.state_dict(keep_vars=True)
     fresh = [name for name, t in tensors.items() if not getattr(t, "_is_hf_initialized", False)]
@@ -126,7 +128,7 @@ def _load(key: tuple, base, task, num_labels, params, device, revision) -> _Entr
 
 
 def _reset(entry: _Entry) -> None:
-    model = adapters.release(entry.model)  # a trial that ended without release() left its layers in
+    model = lora.release(entry.model)  # a trial that ended without release() left its layers in
     prefix.detach(model)
     tensors = model.state_dict(keep_vars=True)
     with torch.no_grad():

@@ -1,0 +1,2 @@
+"""Base models: resolved, converted, loaded (quantized with bitsandbytes), measured. The only folder importing
+bitsandbytes."""
