@@ -56,7 +56,7 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
     import torch
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from sweeps.params import TrialParams
+    from sweeps.spec.params import TrialParams
     from sweeps.trial.adapters import lora
     from sweeps.trial.models import pretrained
 

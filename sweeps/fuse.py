@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from sweeps import sources, store
-from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
 from sweeps.trial.models import pretrained
 

@@ -26,11 +26,12 @@ Conventions
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from sweeps.spec.tolerance import parse_tolerance
 
 DIRECTIONS = ("maximize", "minimize")
 
@@ -39,34 +40,6 @@ DIRECTIONS = ("maximize", "minimize")
 # An objective without a stated tolerance: one standard error when the trials report `<metric>_se`, else this
 # fraction of each value (peak memory moves ~1-3% between identical runs: allocator, threads, sampling), else 0.
 DEFAULT_RELATIVE = {"peak_memory_mb": 0.05, "peak_memory_bytes": 0.05}
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
-
-
-def parse_tolerance(value: Any) -> tuple[str, float] | None:
-    """A stated tolerance -> ("abs", x) for a number >= 0, ("rel", f) for "p%" (f = p / 100), None for None.
-
-    The ValueError names neither the value nor the field: sweeps.spec (pydantic) and `tolerance_matrix` add them.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ValueError("a tolerance is a number or a percentage, not a boolean")
-    if isinstance(value, int | float | np.integer | np.floating):
-        x = float(value)
-        if not math.isfinite(x) or x < 0:
-            raise ValueError("an absolute tolerance must be a finite number >= 0 in the metric's units")
-        return ("abs", x)
-    if isinstance(value, str):
-        m = _PERCENT.match(value)
-        if not m:
-            raise ValueError("a tolerance is a number >= 0 in the metric's units or a percentage like '5%'")
-        pct = float(m[1])
-        if pct > 100:
-            raise ValueError("a relative tolerance must be at most 100%")
-        return ("rel", pct / 100)
-    raise ValueError(f"a tolerance is a number or a percentage like '5%', not a {type(value).__name__}")
-
-
 def _num(v: Any) -> float:
     try:
         return float(v)

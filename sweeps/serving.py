@@ -26,8 +26,8 @@ import torch
 
 from sweeps import sources
 from sweeps.batcher import Batcher, Job
-from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
 from sweeps.trial.models import pretrained
 

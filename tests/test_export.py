@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from sweeps import export
 from sweeps.cli import app
-from sweeps.params import TrialParams
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
 

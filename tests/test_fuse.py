@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from sweeps import fuse, registry
 from sweeps.cli import app
-from sweeps.params import TrialParams
 from sweeps.serving import Engine
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
 from sweeps.trial.models import pretrained
 

@@ -21,8 +21,8 @@ import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 
 from sweeps import registry, sources
-from sweeps.params import TrialParams
 from sweeps.serving import Engine
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
 

@@ -13,7 +13,7 @@ from transformers import (
     LlamaForSequenceClassification,
 )
 
-from sweeps.params import TrialParams
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory.meter import PeakMemory
 from sweeps.trial.models import pretrained

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sweeps.params import TrialParams
+from sweeps.spec.params import TrialParams
 from sweeps.trial import loop, probe
 from sweeps.trial.models import pretrained
 from sweeps.trial.tasks import classify

@@ -14,7 +14,7 @@ import _tiny
 import pytest
 import torch
 
-from sweeps.params import TrialParams
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, prefix, reuse
 from sweeps.trial.models import pretrained

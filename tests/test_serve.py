@@ -16,10 +16,10 @@ import torch
 from _tiny import random_lora, tiny_bert, tiny_llama
 
 from sweeps import registry
-from sweeps.params import TrialParams
 from sweeps.serve import Background
 from sweeps.serving import Engine, Limits
 from sweeps.sources import SourceError
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
 

@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from sweeps import export, fuse, registry, sources
 from sweeps.cli import app as cli
-from sweeps.params import TrialParams
 from sweeps.serve import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
 from sweeps.serving import Engine
 from sweeps.sources import UnverifiedBase
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
 

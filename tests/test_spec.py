@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.params import TrialParams, resolve_layers
 from sweeps.spec import SpecError, json_schema, load_spec, parse_yaml, validate_dict
+from sweeps.spec.params import TrialParams, resolve_layers
 
 ROOT = Path(__file__).resolve().parents[1]
 

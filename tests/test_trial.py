@@ -10,8 +10,8 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-from sweeps.params import TrialParams
 from sweeps.spec import validate_dict
+from sweeps.spec.params import TrialParams
 from sweeps.trial import loop
 from sweeps.trial.tasks import classify
 

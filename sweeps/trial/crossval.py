@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.spec.params import TrialParams
 from sweeps.trial.tasks import classify
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.spec.params import TrialParams
 from sweeps.trial import probe
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, reuse

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from sweeps import store
-from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.spec.params import TrialParams
 
 
 def release_memory() -> None:

@@ -17,7 +17,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 from transformers.pytorch_utils import Conv1D
 
-from sweeps.params import TrialParams, resolve_layers
+from sweeps.spec.params import TrialParams, resolve_layers
 
 # peft reads transformers' deprecated `is_gradient_checkpointing`; the FutureWarning is theirs, not the user's.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from sweeps.params import TrialParams
+from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, prefix
 from sweeps.trial.models import pretrained

@@ -25,8 +25,8 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from sweeps import bundled, digest
-from sweeps.params import TrialParams
 from sweeps.spec import ModelSpec
+from sweeps.spec.params import TrialParams
 from sweeps.store import cache_dir
 
 # Classification heads stay in full precision: bitsandbytes layers there break the forward pass (DESIGN.md), and

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sweeps.params import TrialParams
 from sweeps.spec import SweepSpec
+from sweeps.spec.params import TrialParams
 from sweeps.trial.data import labelled
 
 _BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
