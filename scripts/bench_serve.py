@@ -75,13 +75,13 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
 
 
 def register(tracker, name: str, adapter: Path, number: int, base_sha: str) -> str:
-    from sweeps import registry
+    from sweeps.driver.promotion import register as register_
 
     parent = tracker.start_sweep("bench-serve", "name: bench-serve\n")
     run_id = tracker.start_trial("bench-serve", parent, number, {"seed": number})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.0}, adapter_dir=adapter)
     lineage = {"task": "classification", "base_model": BASE, "base_model_sha256": base_sha}
-    return registry.promote(tracker, name, run_id, ["champion"], lineage)[0]
+    return register_.promote(tracker, name, run_id, ["champion"], lineage)[0]
 
 
 def throughput(client_url: str, names: list[str], corpus: list[str], requests: int,
@@ -138,7 +138,7 @@ def main() -> None:
     from sweeps.serve import Background
     from sweeps.serving import Engine, Limits
     from sweeps.spec import ModelSpec
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
 
     base_path = pretrained.resolve_base(ModelSpec(base=BASE))
@@ -248,7 +248,7 @@ def load_test(args) -> int:
     torch.set_num_threads(args.threads)
     from sweeps.serve import Background
     from sweeps.serving import Engine, Limits
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
 
     base = tiny_bert(workdir / "tiny-bert")
@@ -306,13 +306,13 @@ def load_test(args) -> int:
 
 
 def _register_local(tracker, name: str, adapter: Path, number: int, base: Path, base_sha: str) -> str:
-    from sweeps import registry
+    from sweeps.driver.promotion import register as register_
 
     parent = tracker.start_sweep("bench-serve-load", "name: bench-serve-load\n")
     run_id = tracker.start_trial("bench-serve-load", parent, number, {"seed": number})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.0}, adapter_dir=adapter)
     lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": base_sha}
-    return registry.promote(tracker, name, run_id, ["champion"], lineage)[0]
+    return register_.promote(tracker, name, run_id, ["champion"], lineage)[0]
 
 
 def _pct(values: list[float], q: float) -> float:

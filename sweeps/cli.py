@@ -78,7 +78,7 @@ def validate(spec_file: SpecFile) -> None:
     spec = _load(spec_file)
     size = ""
     if spec.search.sampler == "grid":  # sweeps.search imports optuna (~0.4 s): only a grid needs it here
-        from sweeps.search import grid_size
+        from sweeps.driver.study.study import grid_size
 
         size = f", grid of {grid_size(spec)} points"
     console.print(f"[green]ok[/] {spec_file}: sweep [bold]{spec.name}[/] ({spec.task}), {spec.budget.trials} trials, "
@@ -151,8 +151,8 @@ def run(
 ) -> None:
     """Run (or resume) a sweep: Optuna proposes, Ray Tune runs, MLflow records every trial."""
     spec = _load(spec_file)
+    from sweeps.driver.runner import run_sweep
     from sweeps.progress import LiveView
-    from sweeps.runner import run_sweep
     from sweeps.store import SweepBusy
 
     view = LiveView(spec, console, enabled=live and console.is_terminal)
@@ -192,7 +192,7 @@ def _input_errors() -> tuple[type[Exception], ...]:
 
 
 def _print_front(sweep: str, plot: bool = True) -> None:
-    from sweeps.results import PromotionError, pareto_report
+    from sweeps.driver.promotion.promote import PromotionError, pareto_report
     from sweeps.views import front_table
 
     try:
@@ -216,7 +216,7 @@ def pareto(sweep: Annotated[str, typer.Argument(help="Sweep name")]) -> None:
 
 
 def _promote(sweep: str, policy: str, name: str, aliases: list[str] | None = None) -> None:
-    from sweeps.results import PromotionError, promote_sweep
+    from sweeps.driver.promotion.promote import PromotionError, promote_sweep
 
     try:
         outcome = promote_sweep(sweep, policy, name, extra_aliases=aliases or [])
@@ -267,7 +267,7 @@ def ls() -> None:
 @app.command()
 def show(sweep: Annotated[str, typer.Argument(help="Sweep name")]) -> None:
     """List a sweep's trials: state, parameters, metrics, failure reasons."""
-    from sweeps.results import PromotionError
+    from sweeps.driver.promotion.promote import PromotionError
     from sweeps.views import trials_table
 
     try:
@@ -403,7 +403,7 @@ def fuse(
     """Fuse registered adapters (PEFT weighted combination), weights and density searched with Optuna."""
     from sweeps import fuse as fusing
     from sweeps.sources import SourceError
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     try:
         store_name = _safe(name)

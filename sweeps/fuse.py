@@ -164,7 +164,7 @@ class Fusion:
 
 def search(fusion: Fusion, name: str, methods: list[str], n_trials: int, seed: int, tracker) -> dict:
     """The Optuna search over (method, weights, density); every candidate a tracked, reloadable trial run."""
-    from sweeps.search import optimize
+    from sweeps.driver.study.study import optimize
 
     store.safe_name(name, "fusion name")
     methods = fusion.methods(methods)
@@ -210,7 +210,7 @@ def search(fusion: Fusion, name: str, methods: list[str], n_trials: int, seed: i
 
 def promote(fusion: Fusion, result: dict, model_name: str, tracker, test_rows: list[dict] | None = None) -> str:
     """Register the best candidate (alias champion) with its lineage; a test set is scored once, here."""
-    from sweeps import registry
+    from sweeps.driver.promotion import register
 
     test = None
     if test_rows:  # the registered artifact itself (downloaded and verified) is what gets the test score
@@ -222,5 +222,5 @@ def promote(fusion: Fusion, result: dict, model_name: str, tracker, test_rows: l
                "base_model": fusion.base_spec, "base_model_sha256": fusion.base_sha256, "policy": "min:loss",
                "fusion": json.dumps({"sources": result["sources"], **result["params"]}),
                "val.loss": f"{result['loss']:.6g}"}
-    version, _ = registry.promote(tracker, model_name, result["run_id"], ["champion"], lineage, test)
+    version, _ = register.promote(tracker, model_name, result["run_id"], ["champion"], lineage, test)
     return version

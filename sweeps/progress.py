@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from sweeps.select import pareto_mask, tolerance_matrix
+from sweeps.driver.selection.pareto import pareto_mask, tolerance_matrix
 from sweeps.spec import SweepSpec
 
 _STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "STARTING": "dim", "FAILED": "red", "PRUNED": "yellow",

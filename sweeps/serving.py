@@ -114,7 +114,7 @@ class Engine:
         return found
 
     def _tracker(self):
-        from sweeps.track import Tracker
+        from sweeps.tracking.tracker import Tracker
 
         self.tracker = self.tracker or Tracker()
         return self.tracker

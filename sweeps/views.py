@@ -9,7 +9,7 @@ from rich.text import Text
 
 from sweeps.progress import fmt as _fmt
 from sweeps.progress import reference_text
-from sweeps.track import Tracker
+from sweeps.tracking.tracker import Tracker
 
 _STATE_STYLE = {"COMPLETE": "green", "FAILED": "red", "PRUNED": "yellow", "RUNNING": "cyan"}
 
@@ -28,7 +28,7 @@ def sweeps_table(tracker: Tracker | None = None) -> Table:
 
 
 def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
-    from sweeps.results import sweep_spec
+    from sweeps.driver.promotion.promote import sweep_spec
     from sweeps.store import safe_name
 
     safe_name(sweep, "sweep name")  # before Tracker(): opening it creates the store

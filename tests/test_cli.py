@@ -127,7 +127,8 @@ def test_promote_refused_by_an_auth_server_says_why_without_a_traceback(monkeypa
     message and exit 2; any other error still raises."""
     from typer.testing import CliRunner
 
-    from sweeps import cli, results
+    from sweeps import cli
+    from sweeps.driver.promotion import promote
 
     class Refused(Exception):
         error_code = "PERMISSION_DENIED"
@@ -135,10 +136,10 @@ def test_promote_refused_by_an_auth_server_says_why_without_a_traceback(monkeypa
     def refuse(*a, **k):
         raise Refused("Permission denied for create_model_version on reviews")
 
-    monkeypatch.setattr(results, "promote_sweep", refuse)
+    monkeypatch.setattr(promote, "promote_sweep", refuse)
     out = CliRunner().invoke(cli.app, ["promote", "rank_study", "--name", "reviews"])
     assert out.exit_code == 2, out.output
     assert "cannot promote into 'reviews'" in out.output and "PERMISSION_DENIED" in out.output
     assert "EDIT" in out.output and "Traceback" not in out.output
-    monkeypatch.setattr(results, "promote_sweep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    monkeypatch.setattr(promote, "promote_sweep", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     assert isinstance(CliRunner().invoke(cli.app, ["promote", "rank_study"]).exception, RuntimeError)

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import TrialScheduler
 
-from sweeps import execute
+from sweeps.driver.cluster import tune
 from sweeps.spec import parse_yaml, validate_dict
 
 SPEC = """
@@ -46,9 +46,9 @@ def _result(epoch, f1, params):
 
 def test_pareto_halving_stops_only_dominated_trials_at_a_rung():
     spec = validate_dict(parse_yaml(SPEC))
-    execute._LIVE["k"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    tune._LIVE["k"] = {"coordinator": None, "trials": {}, "pruned": set()}
     try:
-        sched = execute.build_scheduler(spec, "k")
+        sched = tune.build_scheduler(spec, "k")
         trial = lambda i: SimpleNamespace(trial_id=f"t{i}")  # noqa: E731
         # two peers at rung 1: (0.5, 100) and (0.3, 50) - both on the front
         assert sched.on_trial_result(None, trial(1), _result(1, 0.5, 100)) == TrialScheduler.CONTINUE
@@ -59,16 +59,16 @@ def test_pareto_halving_stops_only_dominated_trials_at_a_rung():
         assert sched.on_trial_result(None, trial(4), _result(1, 0.1, 10)) == TrialScheduler.CONTINUE
         # not a rung epoch -> never stopped
         assert sched.on_trial_result(None, trial(5), _result(2, 0.0, 999)) == TrialScheduler.CONTINUE
-        assert execute._LIVE["k"]["pruned"] == {"t3"}
+        assert tune._LIVE["k"]["pruned"] == {"t3"}
     finally:
-        execute._LIVE.pop("k")
+        tune._LIVE.pop("k")
 
 
 def test_pareto_halving_counts_dominance_only_beyond_the_reported_standard_error():
     spec = validate_dict(parse_yaml(SPEC))
-    execute._LIVE["se"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    tune._LIVE["se"] = {"coordinator": None, "trials": {}, "pruned": set()}
     try:
-        sched = execute.build_scheduler(spec, "se")
+        sched = tune.build_scheduler(spec, "se")
         trial = lambda i: SimpleNamespace(trial_id=f"t{i}")  # noqa: E731
         se = lambda r, x: {**r, "macro_f1_se": x}  # noqa: E731
         for i, (f1, size) in enumerate([(0.5, 100), (0.3, 50)], start=1):
@@ -79,46 +79,46 @@ def test_pareto_halving_counts_dominance_only_beyond_the_reported_standard_error
         assert sched.on_trial_result(None, trial(4), _result(1, 0.46, 100)) == TrialScheduler.CONTINUE
         # clearly below (beyond one SE) and larger -> stopped
         assert sched.on_trial_result(None, trial(5), se(_result(1, 0.40, 200), 0.05)) == TrialScheduler.STOP
-        assert execute._LIVE["se"]["pruned"] == {"t5"}
+        assert tune._LIVE["se"]["pruned"] == {"t5"}
     finally:
-        execute._LIVE.pop("se")
+        tune._LIVE.pop("se")
 
 
 def test_a_restarted_trial_is_not_pruned_by_its_own_first_attempt():
     """Ray restarts a trial whose worker died (tests/faults/test_trial_faults.py): it reports the rung again, with
     another measured peak. Its first attempt is not a peer: before the fix it dominated the retry, which stopped."""
     spec = validate_dict(parse_yaml(SPEC))
-    execute._LIVE["r"] = {"coordinator": None, "trials": {}, "pruned": set()}
+    tune._LIVE["r"] = {"coordinator": None, "trials": {}, "pruned": set()}
     try:
-        sched = execute.build_scheduler(spec, "r")
+        sched = tune.build_scheduler(spec, "r")
         again = SimpleNamespace(trial_id="t1")
         assert sched.on_trial_result(None, again, _result(1, 0.5, 100)) == TrialScheduler.CONTINUE
         for i, (f1, size) in enumerate([(0.3, 150), (0.2, 300)], start=2):  # peers that do not dominate the retry
             sched.on_trial_result(None, SimpleNamespace(trial_id=f"t{i}"), _result(1, f1, size))
         # the restart scores lower than the first attempt did: only the first attempt would dominate it
         assert sched.on_trial_result(None, again, _result(1, 0.4, 100)) == TrialScheduler.CONTINUE
-        assert "t1" not in execute._LIVE["r"]["pruned"]
+        assert "t1" not in tune._LIVE["r"]["pruned"]
     finally:
-        execute._LIVE.pop("r")
+        tune._LIVE.pop("r")
 
 
 def test_no_early_stopping_means_fifo():
     spec = validate_dict(parse_yaml(SPEC.replace("  early_stopping: {rungs: [1], min_trials: 2}\n", "")))
-    assert type(execute.build_scheduler(spec, "k")).__name__ == "FIFOScheduler"
+    assert type(tune.build_scheduler(spec, "k")).__name__ == "FIFOScheduler"
 
 
 def test_searcher_forwards_events_and_finishes_when_the_budget_is_spent():
     coord = FakeCoordinator(2)
-    execute._LIVE["s"] = {"coordinator": coord, "trials": {}, "pruned": {"b"}}
+    tune._LIVE["s"] = {"coordinator": coord, "trials": {}, "pruned": {"b"}}
     try:
-        searcher = execute._DriverSearcher("s")
+        searcher = tune._DriverSearcher("s")
         assert searcher.suggest("a")["trial_number"] == 9
         assert searcher.suggest("b")["trial_number"] == 10
-        assert searcher.suggest("c") == execute.Searcher.FINISHED
+        assert searcher.suggest("c") == tune.Searcher.FINISHED
         searcher.on_trial_result("a", {"phase": "epoch", "epoch": 1})
         searcher.on_trial_complete("a", {"phase": "final"})
         searcher.on_trial_complete("b", {"phase": "epoch", "epoch": 1})
         searcher.on_trial_complete("zzz", {})  # unknown trial: ignored
     finally:
-        execute._LIVE.pop("s")
+        tune._LIVE.pop("s")
     assert coord.events == [("epoch", 9, 1), ("done", 9, False, None), ("done", 10, True, None)]

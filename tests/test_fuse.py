@@ -8,8 +8,9 @@ import pytest
 from _tiny import CORPUS, random_lora, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import fuse, registry
+from sweeps import fuse
 from sweeps.cli import app
+from sweeps.driver.promotion import register
 from sweeps.serving import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
@@ -57,13 +58,13 @@ def test_fuse_command_tracks_every_candidate_and_promotes_a_servable_adapter(set
                                       "--promote", "hd-legal", "--test", str(data)])
     assert result.exit_code == 0, result.output
     assert "registered models:/hd-legal/1" in result.output
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     tracker = Tracker()
     records = tracker.trial_records("hd-legal")
     assert [r.state for r in records] == ["COMPLETE"] * 4
     assert all("loss" in r.metrics and r.params["method"] in fuse.DEFAULT_METHODS for r in records)
-    info = registry.resolve(tracker, "hd-legal@champion")
+    info = register.resolve(tracker, "hd-legal@champion")
     best = min(records, key=lambda r: r.metrics["loss"])
     assert info["run_id"] == best.run_id and info["tags"]["base_model_sha256"] == pretrained.content_hash(base)
     assert float(info["tags"]["test.loss"]) > 0

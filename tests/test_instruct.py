@@ -231,7 +231,7 @@ budget: {{trials: 2, concurrency: 2, cpus_per_trial: 1}}
     assert "routing_accuracy=" in out and "zero_shot_loss=" in out, out
     code = """
 import json
-from sweeps.track import Tracker
+from sweeps.tracking.tracker import Tracker
 t = Tracker()
 recs = t.trial_records("hd_tiny")
 names = [[f.path for f in t.client.list_artifacts(r.run_id)] for r in recs]

@@ -36,9 +36,9 @@ from test_scaleout import (
     postgres,  # noqa: F401  (a fixture: pytest finds it in this module's namespace)
 )
 
-from sweeps import registry
-from sweeps.manifest import write_manifest
-from sweeps.track import Tracker
+from sweeps.driver.promotion import register
+from sweeps.tracking.manifest import write_manifest
+from sweeps.tracking.tracker import Tracker
 
 # Server start (~10-20 s: two Alembic migrations) plus a few dozen HTTP calls; a hung server fails here, not in CI.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -123,8 +123,8 @@ def team(auth_server, tmp_path_factory):
         for user, password in users.items():
             auth.create_user(user, password)
         first, second = (_trial_run(admin, "admin_sweep", tmp) for _ in range(2))
-        v1, _ = registry.promote(admin, MODEL, first, ["champion"], LINEAGE)
-        v2, _ = registry.promote(admin, MODEL, second, ["candidate"], LINEAGE)
+        v1, _ = register.promote(admin, MODEL, first, ["champion"], LINEAGE)
+        v2, _ = register.promote(admin, MODEL, second, ["candidate"], LINEAGE)
         auth.grant_user_permission("bob", "registered_model", MODEL, "EDIT")
         assert auth.get_user_permission("alice", "registered_model", MODEL).permission == "READ"
         assert auth.get_user_permission("bob", "registered_model", MODEL).permission == "EDIT"
@@ -148,7 +148,7 @@ def test_user_without_permission_cannot_promote_or_move_the_alias(team, login):
     before = _champion(alice)  # READ: she sees the model and its aliases
 
     with pytest.raises(MlflowException) as promoted:
-        registry.promote(alice, MODEL, team["runs"]["alice"], ["champion"], LINEAGE)
+        register.promote(alice, MODEL, team["runs"]["alice"], ["champion"], LINEAGE)
     with pytest.raises(MlflowException) as moved:
         alice.set_alias(MODEL, "champion", team["v2"])
 
@@ -163,13 +163,13 @@ def test_user_without_permission_cannot_promote_or_move_the_alias(team, login):
 
 def test_user_with_edit_permission_can_promote_and_move_the_alias(team, login):
     bob = login("bob")
-    version, created = registry.promote(bob, MODEL, team["runs"]["bob"], ["champion"], LINEAGE)
+    version, created = register.promote(bob, MODEL, team["runs"]["bob"], ["champion"], LINEAGE)
     assert created and int(version) > int(team["v2"])
     info = bob.version_info(MODEL, "champion")
     assert info["version"] == version and info["run_id"] == team["runs"]["bob"]
     assert info["tags"]["sweeps.source_run_id"] == team["runs"]["bob"] and info["tags"]["sweep"] == LINEAGE["sweep"]
     # idempotent, as `sweep promote` again: the same version, the alias only re-pointed
-    assert registry.promote(bob, MODEL, team["runs"]["bob"], ["champion"], LINEAGE) == (version, False)
+    assert register.promote(bob, MODEL, team["runs"]["bob"], ["champion"], LINEAGE) == (version, False)
     bob.set_alias(MODEL, "champion", team["v1"])  # moving it back (a rollback) needs EDIT too
     assert _champion(bob) == team["v1"]
 

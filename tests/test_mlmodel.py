@@ -20,7 +20,8 @@ import httpx
 import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 
-from sweeps import registry, sources
+from sweeps import sources
+from sweeps.driver.promotion import register
 from sweeps.serving import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
@@ -43,7 +44,7 @@ def promoted(tmp_path_factory):
         mp.setenv("SWEEPS_STORE", env["SWEEPS_STORE"])
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("MLFLOW_REGISTRY_URI", raising=False)
-        from sweeps.track import Tracker
+        from sweeps.tracking.tracker import Tracker
 
         tracker = Tracker()
         bert = tiny_bert(root / "bert")
@@ -63,7 +64,7 @@ def promoted(tmp_path_factory):
             lineage = {"sweep": f"{name}-sweep", "trial_number": "0", "task": task, "base_model": str(base),
                        "base_model_sha256": pretrained.content_hash(base), "val.macro_f1": "0.5",
                        "baseline.majority.validation.macro_f1": "0.26"}
-            assert registry.promote(tracker, name, run_id, ["champion"], lineage, {"macro_f1": 0.4})[1]
+            assert register.promote(tracker, name, run_id, ["champion"], lineage, {"macro_f1": 0.4})[1]
         # what `sweep serve` answers for the same adapters: the reference both MLflow paths must match
         with Engine([("reviews", str(cls))]) as engine:
             expected_cls = [f.result() for f in engine.submit_predict("reviews", TEXTS)]
@@ -74,7 +75,7 @@ def promoted(tmp_path_factory):
 
 def test_version_is_a_logged_pyfunc_model_with_a_model_card(promoted, tmp_path):
     tracker = promoted["tracker"]
-    info = registry.resolve(tracker, "reviews@champion")
+    info = register.resolve(tracker, "reviews@champion")
     model = tracker.client.get_logged_model(info["model_id"])
     assert info["source"] == model.artifact_location and model.source_run_id == info["run_id"]
     local = Path(tracker.client.download_artifacts(info["run_id"], "", str(tmp_path / "run")))

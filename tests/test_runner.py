@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps import runner
-from sweeps.search import Study
+from sweeps.driver import runner
+from sweeps.driver.study.study import Study
 from sweeps.spec import parse_yaml, validate_dict
-from sweeps.track import Tracker
+from sweeps.tracking.tracker import Tracker
 
 SPEC = """
 name: NAME
@@ -183,7 +183,7 @@ def test_failing_heartbeat_is_logged_retried_and_stops_proposals(tracker, tmp_pa
     monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1")  # the first beat passes, then none
     coord = runner.Coordinator(spec, study, t, parent, remaining=4)
     coord.heartbeat_s = 0.2
-    caplog.set_level("WARNING", logger="sweeps.runner")
+    caplog.set_level("WARNING", logger="sweeps.driver.runner")
     coord.start_heartbeat()
     try:
         running = coord.propose()["trial_number"]
@@ -207,7 +207,7 @@ def test_a_transient_heartbeat_failure_recovers(tracker, tmp_path, monkeypatch, 
     monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1:times=2")  # 2 misses < MAX_MISSED_BEATS
     coord = runner.Coordinator(spec, study, t, parent, remaining=2)
     coord.heartbeat_s = 0.2
-    caplog.set_level("WARNING", logger="sweeps.runner")
+    caplog.set_level("WARNING", logger="sweeps.driver.runner")
     coord.start_heartbeat()
     try:
         assert _wait_for(lambda: "recovered after 2 failure(s)" in caplog.text), caplog.text

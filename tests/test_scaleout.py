@@ -236,9 +236,9 @@ def _state(env: dict, sweep: str, download_to: Path | None = None) -> dict:
         import json, sys
         from pathlib import Path
         from sweeps import store
-        from sweeps.results import sweep_spec
-        from sweeps.search import Study
-        from sweeps.track import Tracker
+        from sweeps.driver.promotion.promote import sweep_spec
+        from sweeps.driver.study.study import Study
+        from sweeps.tracking.tracker import Tracker
         tracker = Tracker()
         spec = sweep_spec(tracker, {sweep!r})
         study = Study(spec, store.study_storage())

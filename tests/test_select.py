@@ -8,25 +8,27 @@ import math
 import numpy as np
 import pytest
 
-from sweeps import policies, select
-from sweeps.plot import pareto_plot
-from sweeps.select import (
-    DEFAULT_POLICY,
-    Constraint,
-    Policy,
-    choose,
+from sweeps.driver.promotion.plot import pareto_plot
+from sweeps.driver.selection import pareto, policies
+from sweeps.driver.selection.pareto import (
     describe_tolerances,
     dominates,
     hypervolume,
     normalized_hypervolume,
-    objective_aliases,
     pareto_mask,
-    parse_policy,
-    parse_tolerance,
     reference_point,
     rung_should_stop,
     tolerance_matrix,
 )
+from sweeps.driver.selection.policies import (
+    DEFAULT_POLICY,
+    Constraint,
+    Policy,
+    choose,
+    objective_aliases,
+    parse_policy,
+)
+from sweeps.spec.tolerance import parse_tolerance
 
 OBJ2 = [("macro_f1", "maximize"), ("peak_memory_mb", "minimize")]
 OBJ3 = [*OBJ2, ("trainable_params", "minimize")]
@@ -414,7 +416,7 @@ def test_dominance_cycle_falls_back_to_the_strict_front():
     tol = np.full(v.shape, 1.1)
     a, b, c, d = v
     assert dominates(a, b, mmm, tol[:2]) and dominates(b, c, mmm, tol[:2]) and dominates(c, a, mmm, tol[:2])
-    assert select._tolerant_front(v, None).tolist() == [True, True, True, False]  # the strict front
+    assert pareto._tolerant_front(v, None).tolist() == [True, True, True, False]  # the strict front
     assert pareto_mask(v, mmm, tol).tolist() == [True, True, True, False]  # empty tolerant front -> strict
     assert choose([dict(zip("xyz", p, strict=True)) for p in v], [(k, "minimize") for k in "xyz"], "knee", tol) != 3
     # early stopping: A is dominated (by C) but on the fallback front -> kept

@@ -15,7 +15,7 @@ import pytest
 import torch
 from _tiny import random_lora, tiny_bert, tiny_llama
 
-from sweeps import registry
+from sweeps.driver.promotion import register
 from sweeps.serve import Background
 from sweeps.serving import Engine, Limits
 from sweeps.sources import SourceError
@@ -143,7 +143,7 @@ def test_adapter_trained_on_another_base_is_refused(cls, tmp_path):
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPS_STORE", str(tmp_path / "store"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     return Tracker()
 
@@ -153,7 +153,7 @@ def _register(tracker, base: Path, adapter: Path, number: int) -> str:
     run_id = tracker.start_trial("reviews-sweep", parent, number, {"rank": 4})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.5}, adapter_dir=adapter)
     lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": pretrained.content_hash(base)}
-    return registry.promote(tracker, "reviews", run_id, ["champion"], lineage)[0]
+    return register.promote(tracker, "reviews", run_id, ["champion"], lineage)[0]
 
 
 def test_reload_and_alias_polling_swap_the_adapter_without_restart(cls, store, tmp_path, closing):

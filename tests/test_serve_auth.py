@@ -17,8 +17,9 @@ import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import export, fuse, registry, sources
+from sweeps import export, fuse, sources
 from sweeps.cli import app as cli
+from sweeps.driver.promotion import register
 from sweeps.serve import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
 from sweeps.serving import Engine
 from sweeps.sources import UnverifiedBase
@@ -222,7 +223,7 @@ def test_unverified_base_is_refused_by_fuse_unless_allowed(tmp_path):
 def store(tmp_path, monkeypatch):
     monkeypatch.setenv("SWEEPS_STORE", str(tmp_path / "store"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     return Tracker()
 
@@ -235,7 +236,7 @@ def test_registry_version_with_unavailable_base_hash_is_refused(bert, store):
     run_id = store.start_trial("s", parent, 0, {"rank": 4})
     store.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.5}, adapter_dir=path)
     lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": "unavailable (OSError)"}
-    registry.promote(store, "reviews", run_id, ["champion"], lineage)
+    register.promote(store, "reviews", run_id, ["champion"], lineage)
     with pytest.raises(UnverifiedBase, match=r"reviews@champion cannot be checked .* registry version reviews/1 "
                                              r"records base_model_sha256 'unavailable \(OSError\)'"):
         Engine([(None, "reviews@champion")], tracker=store)

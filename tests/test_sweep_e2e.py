@@ -41,9 +41,9 @@ def _state(env):
     code = textwrap.dedent("""
         import json
         from sweeps import store
-        from sweeps.results import sweep_spec
-        from sweeps.search import Study
-        from sweeps.track import Tracker
+        from sweeps.driver.promotion.promote import sweep_spec
+        from sweeps.driver.study.study import Study
+        from sweeps.tracking.tracker import Tracker
         tracker = Tracker()
         spec = sweep_spec(tracker, "tiny_e2e")
         study = Study(spec, store.study_storage())
@@ -100,7 +100,7 @@ def test_promote_registers_once_with_aliases_and_verified_manifest(sweep_env):
         import json, tempfile
         from pathlib import Path
         from sweeps.registry import resolve
-        from sweeps.track import Tracker
+        from sweeps.tracking.tracker import Tracker
         t = Tracker()
         info = resolve(t, "models:/tiny-reviews@champion")
         adapter = t.download_adapter(info["run_id"], Path(tempfile.mkdtemp()))  # verifies sha256 manifest

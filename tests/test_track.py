@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import registry, track
-from sweeps.track import Tracker
+from sweeps.driver.promotion import register
+from sweeps.tracking import tracker as tracker_
+from sweeps.tracking.tracker import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_trial_records_pages_params_and_metrics(tracker, monkeypatch):
         tracker.log_metrics(run_id, {"loss": 1.0 / (n + 1), "diverged": float("nan")}, step=1)
         tracker.finish_trial(run_id, "COMPLETE" if n % 2 == 0 else "FAILED", {"macro_f1": n / 10, "inf": 1e999},
                              reason=None if n % 2 == 0 else "x" * 6000)
-    monkeypatch.setattr(track, "_PAGE", 2)  # five runs over three pages: the page-token loop is exercised
+    monkeypatch.setattr(tracker_, "_PAGE", 2)  # five runs over three pages: the page-token loop is exercised
     recs = tracker.trial_records("records")
     assert [r.trial_number for r in recs] == [0, 1, 2, 3, 4]
     assert recs[4].params == {"rank": "16", "target": "ffn"}
@@ -156,10 +157,10 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     first = _completed_trial(tracker, tmp_path, "promo", 0)
     lineage = {"sweep": "promo", "trial_number": "0", "base_model": "bundled:all-minilm-l6-v2",
                "base_sha256": "f" * 64, "quantization": "nf4", "val.macro_f1": "0.4"}
-    assert registry.promote(tracker, "promo-model", first, ["champion", "pareto-lowmem"], lineage,
+    assert register.promote(tracker, "promo-model", first, ["champion", "pareto-lowmem"], lineage,
                             {"macro_f1": 0.38}) == ("1", True)
-    assert registry.promote(tracker, "promo-model", first, ["champion"], lineage) == ("1", False)
-    info = registry.resolve(tracker, "promo-model@champion")
+    assert register.promote(tracker, "promo-model", first, ["champion"], lineage) == ("1", False)
+    info = register.resolve(tracker, "promo-model@champion")
     assert info["version"] == "1" and info["run_id"] == first
     assert sorted(info["aliases"]) == ["champion", "pareto-lowmem"]
     assert info["tags"]["test.macro_f1"] == "0.38" and info["tags"]["quantization"] == "nf4"
@@ -175,15 +176,15 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     assert not (local / "MLmodel").exists() and (local / "manifest.json").is_file()
 
     second = _completed_trial(tracker, tmp_path, "promo", 1)
-    assert registry.promote(tracker, "promo-model", second, ["champion"], {"sweep": "promo"}) == ("2", True)
-    assert registry.resolve(tracker, "models:/promo-model@champion")["run_id"] == second
-    assert registry.resolve(tracker, "models:/promo-model@pareto-lowmem")["version"] == "1"
-    assert registry.resolve(tracker, "promo-model/1")["aliases"] == ["pareto-lowmem"]
+    assert register.promote(tracker, "promo-model", second, ["champion"], {"sweep": "promo"}) == ("2", True)
+    assert register.resolve(tracker, "models:/promo-model@champion")["run_id"] == second
+    assert register.resolve(tracker, "models:/promo-model@pareto-lowmem")["version"] == "1"
+    assert register.resolve(tracker, "promo-model/1")["aliases"] == ["pareto-lowmem"]
     for missing in ("promo-model@nobody", "promo-model/9", "no-such-model/1"):
         with pytest.raises(LookupError):
-            registry.resolve(tracker, missing)
+            register.resolve(tracker, missing)
     with pytest.raises(ValueError, match="latest"):
-        registry.promote(tracker, "promo-model", second, ["latest"], {})
+        register.promote(tracker, "promo-model", second, ["latest"], {})
 
 
 @pytest.mark.parametrize("ref, expected", [
@@ -193,14 +194,14 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     ("models:/reviews/3", ("reviews", "3")),
 ])
 def test_parse_ref_forms(ref, expected):
-    assert registry.parse_ref(ref) == expected
+    assert register.parse_ref(ref) == expected
 
 
 @pytest.mark.parametrize("ref", ["../x", "/abs", "a\\b", "%2e%2e%2f", "a#b", "../x@champion", "/abs/1",
                                  "models:/../x/1", "reviews", "reviews@", "reviews/v3", "reviews@a.b"])
 def test_parse_ref_refuses_unsafe(ref):
     with pytest.raises(ValueError):
-        registry.parse_ref(ref)
+        register.parse_ref(ref)
 
 
 def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
@@ -210,7 +211,7 @@ def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
     def promote(run_id: str) -> None:
         try:  # a Tracker per thread, like separate `sweep promote` processes
             t = Tracker(tracker.tracking_uri)
-            results[run_id] = registry.promote(t, "race-model", run_id, ["champion"], {})
+            results[run_id] = register.promote(t, "race-model", run_id, ["champion"], {})
         except Exception as exc:  # surfaced below: an exception in a thread would otherwise vanish
             errors.append(exc)
 
@@ -224,7 +225,7 @@ def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
     assert all(created for _, created in results.values())
     for run_id, (version, _) in results.items():
         assert tracker.find_version("race-model", run_id) == version
-    assert registry.resolve(tracker, "race-model@champion")["version"] in {"1", "2", "3", "4", "5", "6"}
+    assert register.resolve(tracker, "race-model@champion")["version"] in {"1", "2", "3", "4", "5", "6"}
 
 
 def test_create_version_retries_lost_race(tracker, tmp_path, monkeypatch):
@@ -295,13 +296,13 @@ def test_baselines_are_idempotent_child_runs_that_trial_listings_ignore(tracker)
     (0, {}, "t00"),
 ])
 def test_trial_run_names_say_what_the_trial_is(number, params, name):
-    assert track.trial_run_name(number, params) == name
+    assert tracker_.trial_run_name(number, params) == name
 
 
 def test_experiment_kind_datasets_and_tables(tracker, tmp_path):
     from _tiny import toy_reviews
 
-    from sweeps import inputs
+    from sweeps.driver import inputs
     from sweeps.spec import validate_dict
 
     train, test = toy_reviews(tmp_path / "train.csv"), toy_reviews(tmp_path / "test.csv", n=30, seed=1)

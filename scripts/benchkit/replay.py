@@ -45,7 +45,7 @@ def load_table(path: Path, axes: list[str]) -> tuple[dict[str, list], dict[tuple
 
 
 def _sampler(kind: str, seed: int, budget: int, concurrency: int, space: dict):
-    from sweeps.search import distributions, make_sampler
+    from sweeps.driver.study.study import distributions, make_sampler
     from sweeps.spec import validate_dict
 
     raw = {"name": "replay", "seed": seed, "model": {"base": "bundled:all-minilm-l6-v2"},
@@ -81,7 +81,7 @@ def replay(kind: str, seed: int, n_trials: int, space: dict, table: dict, budget
 
 def hv_curve(points: list[list[float]], reference: np.ndarray, full: float) -> list[float]:
     """Hypervolume of the first n points (n = 1..len) as a fraction of the full table's."""
-    from sweeps.select import hypervolume
+    from sweeps.driver.selection.pareto import hypervolume
 
     directions = [d for _, d in OBJECTIVES]
     arr = np.asarray(points, dtype=float)
@@ -89,7 +89,7 @@ def hv_curve(points: list[list[float]], reference: np.ndarray, full: float) -> l
 
 
 def reference(table: dict) -> tuple[np.ndarray, float]:
-    from sweeps.select import hypervolume, reference_point
+    from sweeps.driver.selection.pareto import hypervolume, reference_point
 
     directions = [d for _, d in OBJECTIVES]
     values = np.asarray(list(table.values()), dtype=float)

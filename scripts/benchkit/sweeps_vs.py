@@ -41,7 +41,7 @@ def timeline(spec: Path, store: Path, launched: float, ended: float) -> dict:
     """Where a sweep's wall time went, from the runs MLflow recorded (times in seconds from launch)."""
     import yaml
 
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     name = yaml.safe_load(spec.read_text())["name"]
     tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}")
@@ -157,7 +157,7 @@ def sweep_pick(spec: Path, store: Path) -> dict:
     """The sweep's best validation macro-F1 trial (MLflow) and its saved adapter scored once on the test split."""
     import yaml
 
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     name = yaml.safe_load(spec.read_text())["name"]
     records = [r for r in Tracker(f"sqlite:///{store / 'mlflow.db'}").trial_records(name)

@@ -59,10 +59,10 @@ def check(env: dict, spec_file: Path, fault: str | list[str], models: dict[str, 
     `models`: {registered model name: policy} promoted in the scenario (re-promoted here: must create nothing).
     """
     from sweeps import store
-    from sweeps.runner import budget
-    from sweeps.search import Study
+    from sweeps.driver.runner import budget
+    from sweeps.driver.study.study import Study
     from sweeps.spec import load_spec
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     models = models or {}
     with store_env(env):
@@ -168,7 +168,7 @@ def _leftovers(spec, tracker, trials, records) -> list[str]:
 
 
 def _registry(spec, tracker, records, models: dict[str, str], orphans: list) -> None:
-    from sweeps.results import choose_record, complete_records
+    from sweeps.driver.promotion.promote import choose_record, complete_records
 
     good = {r.run_id for r in records if (r.status, r.state) == ("FINISHED", "COMPLETE")}
     for name, policy in models.items():
@@ -190,7 +190,7 @@ def _registry(spec, tracker, records, models: dict[str, str], orphans: list) -> 
 
 def _snapshot(spec, tracker, models) -> dict:
     from sweeps import store
-    from sweeps.search import Study
+    from sweeps.driver.study.study import Study
 
     exp = tracker.client.get_experiment_by_name(spec.name)
     runs = tracker.client.search_runs([exp.experiment_id], max_results=10000)
@@ -202,8 +202,8 @@ def _snapshot(spec, tracker, models) -> dict:
 
 def _rerun_creates_nothing(spec, spec_file: Path, tracker, models: dict[str, str]) -> None:
     """`sweep run` and `sweep promote` again, in this process (no Ray starts: nothing is left to run)."""
-    from sweeps.results import promote_sweep
-    from sweeps.runner import run_sweep
+    from sweeps.driver.promotion.promote import promote_sweep
+    from sweeps.driver.runner import run_sweep
 
     before = _snapshot(spec, tracker, models)
     outcome = run_sweep(spec, Path(spec_file).read_text(encoding="utf-8"))

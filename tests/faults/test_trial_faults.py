@@ -44,9 +44,9 @@ def faulty(tmp_path_factory):
     assert proc.returncode == 0, explain(proc)
     with store_env(env):
         from sweeps import store
-        from sweeps.search import Study
+        from sweeps.driver.study.study import Study
         from sweeps.spec import load_spec
-        from sweeps.track import Tracker
+        from sweeps.tracking.tracker import Tracker
 
         trials = {t.number: t for t in Study(load_spec(spec), store.study_storage()).trials()}
         runs = {r.trial_number: r for r in Tracker().trial_records("trial_faults")}
@@ -129,10 +129,11 @@ def test_a_really_full_store_fails_the_upload_and_keeps_no_partial_files(tmp_pat
     """MLflow's artifact dir of the sweep on a 64 KiB tmpfs; the adapter (100 KiB of weights) cannot fit: the copy
     stops half-way with ENOSPC. The driver's bookkeeping (Coordinator, no Ray) must FAIL the trial in both stores
     with the reason, remove the copied part, and leave nothing RUNNING."""
-    from sweeps import runner, store
-    from sweeps.search import Study
+    from sweeps import store
+    from sweeps.driver import runner
+    from sweeps.driver.study.study import Study
     from sweeps.spec import load_spec
-    from sweeps.track import Tracker
+    from sweeps.tracking.tracker import Tracker
 
     spec_file = write_spec(tmp_path / "full.yaml", "full_store", assets(tmp_path / "assets"), trials=1,
                            concurrency=1)

@@ -32,8 +32,8 @@ from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 
 from sweeps import faults, store  # noqa: E402
-from sweeps.manifest import verify_tree, write_manifest  # noqa: E402,F401
-from sweeps.track_registry import RegistryMixin, _check_run_id  # noqa: E402
+from sweeps.tracking.manifest import verify_tree, write_manifest  # noqa: E402,F401
+from sweeps.tracking.registry import RegistryMixin, _check_run_id  # noqa: E402
 
 # MLflow logs every alembic migration step of a fresh database, and every registry retry, at INFO.
 for _name in ("mlflow", "alembic"):

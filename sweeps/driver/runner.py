@@ -17,10 +17,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps import execute, faults, store
-from sweeps.search import HEARTBEAT_S, Study
+from sweeps import faults, store
+from sweeps.driver.cluster import tune
+from sweeps.driver.study.study import HEARTBEAT_S, Study
 from sweeps.spec import SweepSpec
-from sweeps.track import Tracker
+from sweeps.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 # A failed beat is retried after HEARTBEAT_S / 4; after MAX_MISSED_BEATS failures in a row (~15 s at the default
@@ -273,7 +274,7 @@ def reconcile(spec: SweepSpec, study: Study, tracker: Tracker) -> list[str]:
 
 def budget(spec: SweepSpec) -> int:
     """Trials the sweep asks for; a grid never asks for more points than it has."""
-    from sweeps.search import grid_size
+    from sweeps.driver.study.study import grid_size
 
     return min(spec.budget.trials, grid_size(spec)) if spec.search.sampler == "grid" else spec.budget.trials
 
@@ -281,7 +282,7 @@ def budget(spec: SweepSpec) -> int:
 def open_sweep(spec: SweepSpec, spec_text: str) -> tuple[Study, Tracker, str]:
     study = Study(spec, store.study_storage(spec.infra.study_storage))
     tracker = Tracker(store.tracking_uri(spec.infra.tracking_uri))
-    from sweeps import inputs
+    from sweeps.driver import inputs
 
     parent = tracker.start_sweep(spec.name, spec_text, spec.description,
                                  extra_tags={"sweeps.base_model": spec.model.base, "sweeps.task": spec.task},
@@ -318,12 +319,12 @@ def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: 
     if remaining > 0:
         coordinator.start_heartbeat()
         try:
-            execute.run_tune(spec, coordinator, remaining, str(store.store_dir()),
+            tune.run_tune(spec, coordinator, remaining, str(store.store_dir()),
                              store.ray_address(address or spec.infra.ray_address))
         finally:
             coordinator.close_open()
             coordinator.stop_heartbeat()
-            execute.shutdown()
+            tune.shutdown()
     counts = study.counts()
     status = "FINISHED" if study.finished() >= budget(spec) else "KILLED"
     tracker.finish_sweep(parent, status=status, metrics={f"trials_{k.lower()}": v for k, v in counts.items()})

@@ -81,7 +81,7 @@ class RegistryMixin:
         """Log the trial's adapter as an MLflow pyfunc model (sweeps.mlmodel), once per run; return its model id.
 
         `info`: the lineage the model needs to load itself (task, base_model, base_model_sha256, ...)."""
-        from sweeps import mlmodel
+        from sweeps.tracking import pyfunc
 
         found = self.adapter_model(run_id)
         if found:
@@ -95,7 +95,7 @@ class RegistryMixin:
         with tempfile.TemporaryDirectory(prefix="sweeps-model-") as tmp:
             adapter = self.download_adapter(run_id, Path(tmp) / "dl")  # verified against the manifest
             local = Path(tmp) / "model"
-            mlmodel.save(local, adapter, {**info, "adapter_sha256": sha}, model_id=model.model_id, run_id=run_id,
+            pyfunc.save(local, adapter, {**info, "adapter_sha256": sha}, model_id=model.model_id, run_id=run_id,
                          artifact_path=model.artifact_location)
             self.client.log_model_artifacts(model.model_id, str(local))
         self.client.finalize_logged_model(model.model_id, "READY")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sweeps.select import _num, _signs, _to_min, _tolerant_front, _tols
+from sweeps.driver.selection.pareto import _num, _signs, _to_min, _tolerant_front, _tols
 
 DEFAULT_POLICY = "1se"
 POLICY_GRAMMAR = (

@@ -305,7 +305,7 @@ _FROM_POLICIES = ("POLICY_GRAMMAR", "DEFAULT_POLICY", "Constraint", "Policy", "p
 
 def __getattr__(name: str):  # PEP 562: `from sweeps.select import choose` keeps working without an import cycle
     if name in _FROM_POLICIES:
-        from sweeps import policies
+        from sweeps.driver.selection import policies
 
         return getattr(policies, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

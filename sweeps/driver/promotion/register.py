@@ -15,7 +15,7 @@ import re
 
 from sweeps import faults
 from sweeps.store import safe_name
-from sweeps.track import Tracker
+from sweeps.tracking.tracker import Tracker
 
 _PREFIX = "models:/"
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")  # MLflow's alias rule: alphanumerics, '_' and '-'

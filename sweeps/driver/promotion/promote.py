@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from sweeps import registry, store
-from sweeps.policies import DEFAULT_POLICY, choose, objective_aliases
-from sweeps.search import Study
-from sweeps.select import (
+from sweeps import store
+from sweeps.driver.promotion import register
+from sweeps.driver.selection.pareto import (
     describe_tolerances,
     hypervolume,
     normalized_hypervolume,
@@ -25,8 +24,10 @@ from sweeps.select import (
     reference_point,
     tolerance_matrix,
 )
+from sweeps.driver.selection.policies import DEFAULT_POLICY, choose, objective_aliases
+from sweeps.driver.study.study import Study
 from sweeps.spec import SweepSpec, parse_yaml, validate_dict
-from sweeps.track import Tracker, TrialRecord
+from sweeps.tracking.tracker import Tracker, TrialRecord
 
 
 class PromotionError(RuntimeError):
@@ -102,7 +103,7 @@ def pareto_report(sweep: str, plot: bool = True, tracker: Tracker | None = None)
     parent = tracker.parent_run(spec.name)
     baselines = tracker.baselines(spec.name)
     if plot:
-        from sweeps.plot import pareto_plot
+        from sweeps.driver.promotion.plot import pareto_plot
 
         chosen = choose(trials, objectives, DEFAULT_POLICY, tol)  # the star: what `sweep promote` would pick
         plot_path = store.store_dir() / "plots" / f"{spec.name}-pareto.png"
@@ -199,7 +200,7 @@ def sweep_baselines(spec: SweepSpec, tracker: Tracker) -> dict[str, dict[str, fl
     parent = tracker.parent_run(spec.name)
     if found or spec.task != "classification" or parent is None:
         return found
-    from sweeps.runner import reference_points
+    from sweeps.driver.runner import reference_points
 
     found = reference_points(spec)
     for name, figures in found.items():
@@ -233,7 +234,7 @@ def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str,
     versus = versus_baselines(test_metrics, baselines or {})
     if versus:
         lineage["versus_baselines"] = versus
-    version, created = registry.promote(tracker, name, rec.run_id, aliases, lineage, test_metrics or None)
+    version, created = register.promote(tracker, name, rec.run_id, aliases, lineage, test_metrics or None)
     return {"version": version, "created": created, "trial_number": rec.trial_number, "aliases": aliases,
             "test_metrics": test_metrics, "run_id": rec.run_id}
 

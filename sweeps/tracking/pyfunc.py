@@ -48,8 +48,8 @@ class AdapterModel(PythonModel):
 
     def load_context(self, context) -> None:
         from sweeps import sources
-        from sweeps.manifest import verify_tree
         from sweeps.serving import Engine, Limits
+        from sweeps.tracking.manifest import verify_tree
 
         info = json.loads(Path(context.artifacts["model_info"]).read_text(encoding="utf-8"))
         config = dict(context.model_config or {})

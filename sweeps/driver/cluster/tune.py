@@ -21,7 +21,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweeps import faults
-from sweeps.select import rung_should_stop, tolerance_matrix
+from sweeps.driver.selection.pareto import rung_should_stop, tolerance_matrix
 from sweeps.spec import SweepSpec
 
 

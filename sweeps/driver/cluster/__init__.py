@@ -1,0 +1,1 @@
+"""Ray Tune: the trials' cluster. The only folder importing ray."""

@@ -1,0 +1,1 @@
+"""Choosing among trials (numpy only): tolerances, Pareto fronts, hypervolume, early stopping, selection policies."""
