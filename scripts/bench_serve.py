@@ -135,8 +135,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from sweeps.serve import Background
-    from sweeps.serving import Engine, Limits
+    from sweeps.production.serving.engine import Engine, Limits
+    from sweeps.production.serving.http import Background
     from sweeps.spec import ModelSpec
     from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
@@ -246,8 +246,8 @@ def load_test(args) -> int:
     from _tiny import tiny_bert
 
     torch.set_num_threads(args.threads)
-    from sweeps.serve import Background
-    from sweeps.serving import Engine, Limits
+    from sweeps.production.serving.engine import Engine, Limits
+    from sweeps.production.serving.http import Background
     from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
 

@@ -325,9 +325,9 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
-    from sweeps.serve import ServeConfigError, load_token, require_token, run
-    from sweeps.serving import Engine, Limits
-    from sweeps.sources import SourceError
+    from sweeps.production.serving.engine import Engine, Limits
+    from sweeps.production.serving.http import ServeConfigError, load_token, require_token, run
+    from sweeps.production.sources import SourceError
 
     try:
         token = load_token(token_file)
@@ -369,8 +369,8 @@ def export_cmd(
     if not merge:
         err.print("[red]export writes merged models: pass --merge[/]")
         raise typer.Exit(2)
-    from sweeps.export import ExportError, export
-    from sweeps.sources import SourceError
+    from sweeps.production.export.merge import ExportError, export
+    from sweeps.production.sources import SourceError
 
     try:
         summary = export(ref, out, gguf, gguf_type, base_quantization, allow_unverified_base=allow_unverified_base)
@@ -401,8 +401,8 @@ def fuse(
                                                         "recorded base hash); the result stays unverified")] = False,
 ) -> None:
     """Fuse registered adapters (PEFT weighted combination), weights and density searched with Optuna."""
-    from sweeps import fuse as fusing
-    from sweeps.sources import SourceError
+    from sweeps.production import fusion as fusing
+    from sweeps.production.sources import SourceError
     from sweeps.tracking.tracker import Tracker
 
     try:

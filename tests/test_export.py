@@ -10,8 +10,8 @@ import torch
 from _tiny import random_lora, tiny_bert, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import export
 from sweeps.cli import app
+from sweeps.production.export import merge
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
@@ -46,7 +46,7 @@ def test_merged_model_logits_equal_base_plus_adapter(llama, tmp_path):
     assert not [p for p in out.iterdir() if p.suffix in (".bin", ".pt", ".pkl")]
     with torch.inference_mode():
         want = _base_plus_adapter(base, adapter)(input_ids=IDS).logits
-        got = export.load_merged(out)(input_ids=IDS).logits
+        got = merge.load_merged(out)(input_ids=IDS).logits
         plain = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")(input_ids=IDS).logits
     assert (got - want).abs().max().item() < 1e-4
     assert (plain - want).abs().max().item() > 0.1  # the adapter changes the logits: the merge is not a no-op
@@ -60,20 +60,20 @@ def test_merged_classifier_with_mean_pooling(tmp_path):
     adapter = lora.save_adapter(random_lora(model, "classification", target=("query", "value"),
                                                 heads=("classifier",)), tmp_path / "cls")
     (adapter / "labels.json").write_text(json.dumps(["neg", "neu", "pos"]))
-    export.export(str(adapter), tmp_path / "out")
+    merge.export(str(adapter), tmp_path / "out")
     ids = torch.tensor([[2, 4, 1, 3, 0, 0], [2, 1, 1, 4, 1, 3]])  # within any tiny vocab (ids 0-4 are specials)
     mask = (ids != 0).long()
     with torch.inference_mode():
         want = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)(
             input_ids=ids, attention_mask=mask).logits
-        merged = export.load_merged(tmp_path / "out")
+        merged = merge.load_merged(tmp_path / "out")
         got = merged(input_ids=ids, attention_mask=mask).logits
     assert (got - want).abs().max().item() < 1e-5
     assert merged.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
-    with pytest.raises(export.ExportError, match="not empty"):
-        export.export(str(adapter), tmp_path / "out")
-    with pytest.raises(export.ExportError, match="causal LMs"):
-        export.export(str(adapter), tmp_path / "gguf", gguf=True)
+    with pytest.raises(merge.ExportError, match="not empty"):
+        merge.export(str(adapter), tmp_path / "out")
+    with pytest.raises(merge.ExportError, match="causal LMs"):
+        merge.export(str(adapter), tmp_path / "gguf", gguf=True)
 
 
 def test_adapter_on_a_quantized_base_is_merged_into_the_dequantized_weights(tmp_path):
@@ -82,10 +82,10 @@ def test_adapter_on_a_quantized_base_is_merged_into_the_dequantized_weights(tmp_
     quant = {"quantization": "nf4", "compute_dtype": "float32"}
     model = pretrained.load_base(base, "instruction", None, TrialParams(**quant), "cpu")
     adapter = lora.save_adapter(random_lora(model, "instruction", seed=5, scale=0.5), tmp_path / "qlora")
-    export.export(str(adapter), tmp_path / "out", quantization="nf4")
+    merge.export(str(adapter), tmp_path / "out", quantization="nf4")
     with torch.inference_mode():
         want = _base_plus_adapter(base, adapter, **quant)(input_ids=IDS).logits
-        got = export.load_merged(tmp_path / "out")(input_ids=IDS).logits
+        got = merge.load_merged(tmp_path / "out")(input_ids=IDS).logits
         naive = _base_plus_adapter(base, adapter)(input_ids=IDS).logits  # adapter on the original fp32 weights
     err, naive_err = (got - want).abs().max().item(), (naive - want).abs().max().item()
     assert err < 1e-3 and naive_err > 10 * err, (err, naive_err)
@@ -110,7 +110,7 @@ def _llama_cpp_greedy(gguf_file: Path, prompt: list[int], n: int) -> list[int]:
 def test_gguf_greedy_tokens_match_pytorch(llama, tmp_path, dtype, n):
     pytest.importorskip("llama_cpp")
     base, adapter = llama
-    summary = export.export(str(adapter), tmp_path / "out", gguf=True, gguf_type=dtype)
+    summary = merge.export(str(adapter), tmp_path / "out", gguf=True, gguf_type=dtype)
     assert summary["gguf"]["tokenizer"] == "built from tokenizer.json"
     peft = _base_plus_adapter(base, adapter)
     for row in IDS:
@@ -122,7 +122,7 @@ def test_gguf_greedy_tokens_match_pytorch(llama, tmp_path, dtype, n):
 def test_q8_0_gguf_logits_follow_pytorch(llama, tmp_path):
     llama_cpp = pytest.importorskip("llama_cpp")
     base, adapter = llama
-    summary = export.export(str(adapter), tmp_path / "out", gguf=True, gguf_type="q8_0")
+    summary = merge.export(str(adapter), tmp_path / "out", gguf=True, gguf_type="q8_0")
     llm = llama_cpp.Llama(summary["gguf"]["gguf"], n_ctx=128, n_threads=2, logits_all=True, verbose=False)
     llm.eval(IDS[0].tolist())
     got = torch.tensor(llm.scores[:len(IDS[0])])
@@ -143,7 +143,7 @@ def test_smollm2_adapter_gguf_runs_in_llama_cpp_with_pytorchs_greedy_tokens(tmp_
 
     Measured with 6 prompts x 32 tokens: f32 and f16 agree on every token, q8_0 on 4 of 6 prompts."""
     llama_cpp = pytest.importorskip("llama_cpp")
-    from sweeps import sources
+    from sweeps.production import sources
     from sweeps.spec import ModelSpec
 
     spec = "bundled:smollm2-135m-instruct"
@@ -152,7 +152,7 @@ def test_smollm2_adapter_gguf_runs_in_llama_cpp_with_pytorchs_greedy_tokens(tmp_
     peft = random_lora(model, "instruction", seed=11, scale=0.01, rank=8).eval()
     adapter = lora.save_adapter(peft, tmp_path / "a")
     sources.write_base_file(adapter, spec, pretrained.content_hash(base))  # as a registry version's tags record it
-    summary = export.export(str(adapter), tmp_path / "out", gguf=True)  # the default type, f16
+    summary = merge.export(str(adapter), tmp_path / "out", gguf=True)  # the default type, f16
     assert summary["gguf"]["tokenizer"] == "copied from SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer = pretrained.load_tokenizer(base)
     llm = llama_cpp.Llama(summary["gguf"]["gguf"], n_ctx=512, n_threads=2, verbose=False)

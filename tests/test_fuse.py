@@ -8,10 +8,10 @@ import pytest
 from _tiny import CORPUS, random_lora, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import fuse
 from sweeps.cli import app
 from sweeps.driver.promotion import register
-from sweeps.serving import Engine
+from sweeps.production import fusion as fusing
+from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
 from sweeps.trial.models import pretrained
@@ -36,7 +36,7 @@ def setup(tmp_path, monkeypatch):
 
 def test_one_hot_weights_reproduce_the_source_adapter(setup):
     base, paths, data = setup
-    fusion = fuse.Fusion([str(p) for p in paths], fuse.read_rows(data))
+    fusion = fusing.Fusion([str(p) for p in paths], fusing.read_rows(data))
     alone = fusion.loss("src0")
     assert set(alone) == {"loss", "perplexity", "loss.helpdesk", "loss.legal"}
     assert alone["loss"] != pytest.approx(fusion.loss("src1")["loss"], abs=1e-3)
@@ -46,7 +46,7 @@ def test_one_hot_weights_reproduce_the_source_adapter(setup):
         fusion.drop("onehot")
     fusion.candidate("ties", "ties", [0.7, 0.7], 0.5, 0)
     assert fusion.loss("ties")["loss"] != pytest.approx(alone["loss"], abs=1e-4)
-    with pytest.raises(fuse.FusionError, match="unknown methods"):
+    with pytest.raises(fusing.FusionError, match="unknown methods"):
         fusion.methods(["average"])
     fusion.close()
 
@@ -63,14 +63,14 @@ def test_fuse_command_tracks_every_candidate_and_promotes_a_servable_adapter(set
     tracker = Tracker()
     records = tracker.trial_records("hd-legal")
     assert [r.state for r in records] == ["COMPLETE"] * 4
-    assert all("loss" in r.metrics and r.params["method"] in fuse.DEFAULT_METHODS for r in records)
+    assert all("loss" in r.metrics and r.params["method"] in fusing.DEFAULT_METHODS for r in records)
     info = register.resolve(tracker, "hd-legal@champion")
     best = min(records, key=lambda r: r.metrics["loss"])
     assert info["run_id"] == best.run_id and info["tags"]["base_model_sha256"] == pretrained.content_hash(base)
     assert float(info["tags"]["test.loss"]) > 0
     # The promoted candidate, downloaded from the registry, scores what its trial logged, and serves.
     engine = Engine([(None, "hd-legal@champion")], tracker=tracker)
-    fusion = fuse.Fusion([str(p) for p in paths], fuse.read_rows(data))
+    fusion = fusing.Fusion([str(p) for p in paths], fusing.read_rows(data))
     multi.add_adapter(fusion.model, engine.slots["hd-legal"].found.path, "promoted")
     assert fusion.loss("promoted")["loss"] == pytest.approx(best.metrics["loss"], abs=1e-5)
     assert engine.submit_generate("hd-legal", "reset my password", 4).result(timeout=60)["tokens"]
@@ -86,10 +86,10 @@ def test_classification_adapters_and_foreign_bases_are_refused(setup, tmp_path):
     heads = [lora.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
                                                "classification", target=("query",), heads=("classifier",), seed=s),
                                    tmp_path / f"cls{s}") for s in (1, 2)]
-    with pytest.raises(fuse.FusionError, match="trained head"):
-        fuse.Fusion([str(p) for p in heads], fuse.read_rows(data))
+    with pytest.raises(fusing.FusionError, match="trained head"):
+        fusing.Fusion([str(p) for p in heads], fusing.read_rows(data))
     other = tiny_llama(tmp_path / "other", seed=9)
     stranger = lora.save_adapter(random_lora(pretrained.load_base(other, "instruction", None, TrialParams(), "cpu"),
                                                  "instruction"), tmp_path / "stranger")
-    with pytest.raises(fuse.FusionError, match="different"):
-        fuse.Fusion([str(paths[0]), str(stranger)], fuse.read_rows(data))
+    with pytest.raises(fusing.FusionError, match="different"):
+        fusing.Fusion([str(paths[0]), str(stranger)], fusing.read_rows(data))

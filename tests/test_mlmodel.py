@@ -20,9 +20,9 @@ import httpx
 import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 
-from sweeps import sources
 from sweeps.driver.promotion import register
-from sweeps.serving import Engine
+from sweeps.production import sources
+from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained

@@ -16,9 +16,9 @@ import torch
 from _tiny import random_lora, tiny_bert, tiny_llama
 
 from sweeps.driver.promotion import register
-from sweeps.serve import Background
-from sweeps.serving import Engine, Limits
-from sweeps.sources import SourceError
+from sweeps.production.serving.engine import Engine, Limits
+from sweeps.production.serving.http import Background
+from sweeps.production.sources import SourceError
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained

@@ -17,12 +17,14 @@ import pytest
 from _tiny import random_lora, tiny_bert, tiny_llama
 from typer.testing import CliRunner
 
-from sweeps import export, fuse, sources
 from sweeps.cli import app as cli
 from sweeps.driver.promotion import register
-from sweeps.serve import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
-from sweeps.serving import Engine
-from sweeps.sources import UnverifiedBase
+from sweeps.production import fusion as fusing
+from sweeps.production import sources
+from sweeps.production.export import merge
+from sweeps.production.serving.engine import Engine
+from sweeps.production.serving.http import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
+from sweeps.production.sources import UnverifiedBase
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
@@ -201,7 +203,7 @@ def test_unverified_base_is_refused_by_serve_and_export_unless_allowed(bert, tmp
     allowed = CliRunner().invoke(cli, ["export", str(adapter), "--merge", "--out", str(out),
                                        "--allow-unverified-base"])
     assert allowed.exit_code == 0, allowed.output
-    assert json.loads((out / export.EXPORT_FILE).read_text())["base_verified"] is False
+    assert json.loads((out / merge.EXPORT_FILE).read_text())["base_verified"] is False
 
 
 def test_unverified_base_is_refused_by_fuse_unless_allowed(tmp_path):
@@ -213,8 +215,8 @@ def test_unverified_base_is_refused_by_fuse_unless_allowed(tmp_path):
     paths[1] = _unverifiable(paths[1], tmp_path / "unverified", base)
     rows = [{"prompt": "reset my password", "response": "Use the reset page."}]
     with pytest.raises(UnverifiedBase, match="unverified"):
-        fuse.Fusion([str(p) for p in paths], rows)
-    fusion = fuse.Fusion([str(p) for p in paths], rows, allow_unverified_base=True)
+        fusing.Fusion([str(p) for p in paths], rows)
+    fusion = fusing.Fusion([str(p) for p in paths], rows, allow_unverified_base=True)
     fusion.close()
     assert fusion.base_sha256.startswith("unavailable") and str(paths[1]) in fusion.base_sha256  # stays unverified
 

@@ -47,8 +47,8 @@ class AdapterModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context) -> None:
-        from sweeps import sources
-        from sweeps.serving import Engine, Limits
+        from sweeps.production import sources
+        from sweeps.production.serving.engine import Engine, Limits
         from sweeps.tracking.manifest import verify_tree
 
         info = json.loads(Path(context.artifacts["model_info"]).read_text(encoding="utf-8"))
@@ -128,7 +128,7 @@ def requirements() -> list[str]:
 
 def model_info(adapter_dir: Path, info: dict) -> dict:
     """What the model needs to load itself: from the lineage tags, completed from the adapter folder."""
-    from sweeps import sources
+    from sweeps.production import sources
 
     keep = ("task", "base_model", "base_model_sha256", "adapter_sha256", "sweep", "trial_number", "max_length")
     out = {k: str(info[k]) for k in keep if info.get(k) not in (None, "")}

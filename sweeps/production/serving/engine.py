@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from sweeps import sources
-from sweeps.batcher import Batcher, Job
+from sweeps.production import sources
+from sweeps.production.serving.batcher import Batcher, Job
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi

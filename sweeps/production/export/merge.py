@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from sweeps import bundled, sources
+from sweeps import bundled
+from sweeps.production import sources
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
@@ -105,7 +106,7 @@ def export(ref: str, out: Path, gguf: bool = False, gguf_type: str = "f16", quan
                "base_quantization": quant, "pooling": found.pooling if found.task == "classification" else None,
                "files": sorted(p.name for p in out.iterdir())}
     if gguf:
-        from sweeps.gguf_export import write_gguf
+        from sweeps.production.export.gguf_writer import write_gguf
 
         summary["gguf"] = write_gguf(out, out / f"{found.name}.gguf", _source_gguf(found.base), gguf_type)
     (out / EXPORT_FILE).write_text(json.dumps(summary, indent=2))

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from sweeps import sources, store
+from sweeps import store
+from sweeps.production import sources
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi

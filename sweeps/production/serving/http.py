@@ -30,8 +30,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from sweeps.serving import Engine, ServeError
-from sweeps.sources import SourceError
+from sweeps.production.serving.engine import Engine, ServeError
+from sweeps.production.sources import SourceError
 
 MAX_BODY_BYTES = 1 << 20  # 1 MiB: far above any valid request (64 texts x 20k chars is ~1.3 M, refused anyway)
 TOKEN_ENV = "SWEEPS_SERVE_TOKEN"

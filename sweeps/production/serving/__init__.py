@@ -1,0 +1,1 @@
+"""`sweep serve`: the engine (one base, many adapters, micro-batched mixed-adapter forwards) and its HTTP app."""
