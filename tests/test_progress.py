@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
+from sweeps.cli.live import LiveView
 from sweeps.driver.runner import TrialRow
-from sweeps.progress import LiveView
 from sweeps.spec import parse_yaml, validate_dict
 
 SPEC = """

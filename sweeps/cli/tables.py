@@ -7,8 +7,8 @@ from datetime import datetime
 from rich.table import Table
 from rich.text import Text
 
-from sweeps.progress import fmt as _fmt
-from sweeps.progress import reference_text
+from sweeps.cli.common import fmt
+from sweeps.cli.live import reference_text
 from sweeps.tracking.tracker import Tracker
 
 _STATE_STYLE = {"COMPLETE": "green", "FAILED": "red", "PRUNED": "yellow", "RUNNING": "cyan"}
@@ -41,7 +41,7 @@ def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
                          overflow="fold")
     for rec in tracker.trial_records(sweep):
         table.add_row(str(rec.trial_number), Text(rec.state, style=_STATE_STYLE.get(rec.state, "")),
-                      *[_fmt(rec.params.get(a)) for a in axes], *[_fmt(rec.metrics.get(m)) for m in metrics],
+                      *[fmt(rec.params.get(a)) for a in axes], *[fmt(rec.metrics.get(m)) for m in metrics],
                       rec.tags.get("sweeps.failure_reason", ""))
     return table
 
@@ -55,6 +55,6 @@ def front_table(report) -> Table:
     for col in ("trial", *axes, *[f"{m} ({d[:3]})" for m, d in zip(names, report.spec.directions(), strict=True)]):
         table.add_column(col)
     for rec in sorted(report.front_records(), key=lambda r: -r.metrics[names[0]]):
-        table.add_row(str(rec.trial_number), *[_fmt(rec.params.get(a)) for a in axes],
-                      *[_fmt(rec.metrics[m]) for m in names])
+        table.add_row(str(rec.trial_number), *[fmt(rec.params.get(a)) for a in axes],
+                      *[fmt(rec.metrics[m]) for m in names])
     return table

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from sweeps.cli.common import fmt
 from sweeps.driver.selection.pareto import pareto_mask, tolerance_matrix
 from sweeps.spec import SweepSpec
 
@@ -130,22 +131,3 @@ def reference_text(baselines: dict[str, dict[str, float]], metric: str, split: s
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-def fmt(value: Any) -> str:
-    """Metrics and MLflow's stringified params alike: integers with separators, floats to 4 significant digits."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value for c in ".e") else int(value)
-        except ValueError:
-            return value
-    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
