@@ -42,8 +42,8 @@ def test_probe_head_loaded_into_the_model_scores_what_the_probe_scored(store, ti
     params = spec.params
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base)
-    task = loop._task(spec, params, tokenizer)
-    model = loop._load(spec, params, base, tokenizer, task, "cpu")
+    task = loop.make_task(spec, params, tokenizer)
+    model = loop.load_model(spec, params, base, tokenizer, task, "cpu")
     fit = probe.compute(model, task, "cpu", task.probe_parts(params, pretrained.content_hash(base)))
     probe.init_head(probe.head_module(model), fit)
     scored = classify.evaluate(model, task.splits["validation"], task.pad_id, 8, "cpu", bf16=False)
@@ -60,7 +60,7 @@ def test_head_only_trains_the_head_alone_and_lp_ft_starts_from_the_probe(store, 
     hidden, labels = 32, 3
     assert result.metrics["trainable_params"] == hidden * labels + labels  # the classifier (mean pooling: no pooler)
     base = pretrained.resolve_base(spec.model)
-    task = loop._task(spec, spec.params, pretrained.load_tokenizer(base))
+    task = loop.make_task(spec, spec.params, pretrained.load_tokenizer(base))
     fit = probe.cached(task.probe_parts(spec.params, pretrained.content_hash(base)))
     assert fit is not None  # the trial computed it once and kept it
     assert result.metrics["macro_f1"] == pytest.approx(fit["validation"]["macro_f1"], abs=1e-6)

@@ -99,7 +99,7 @@ def test_promote_registers_once_with_aliases_and_verified_manifest(sweep_env):
     code = textwrap.dedent("""
         import json, tempfile
         from pathlib import Path
-        from sweeps.registry import resolve
+        from sweeps.driver.promotion.register import resolve
         from sweeps.tracking.tracker import Tracker
         t = Tracker()
         info = resolve(t, "models:/tiny-reviews@champion")

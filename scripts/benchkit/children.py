@@ -56,7 +56,7 @@ def trials(p: dict) -> None:
     from sweeps.spec import load_spec
     from sweeps.trial import loop
     from sweeps.trial.loop import run_trial
-    from sweeps.trial.worker import release_memory, trial_params
+    from sweeps.trial.worker import release_memory
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
@@ -72,7 +72,7 @@ def trials(p: dict) -> None:
         release_memory()  # what the sweep's worker does before each trial
         loop.time = clock = _Clock()
         started = time.perf_counter()
-        result = run_trial(spec, trial_params(spec, sampled), Path(p["out"]) / f"t{i}")
+        result = run_trial(spec, spec.trial_params(sampled), Path(p["out"]) / f"t{i}")
         cpu = clock.cpu_train_seconds(result.metrics["train_seconds"])
         row = {**sampled, **result.metrics, "wall_seconds": time.perf_counter() - started,
                "cpu_tokens_per_second": result.info.get("train_tokens", 0) / cpu if cpu else None,
@@ -116,10 +116,9 @@ def plain(p: dict) -> None:
 
     from sweeps.spec import load_spec
     from sweeps.trial.adapters import lora
-    from sweeps.trial.worker import trial_params
 
     spec = load_spec(p["spec"])
-    params = trial_params(spec, p["config"])
+    params = spec.trial_params(p["config"])
     base, tokenizer, task, splits = _train_split(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=len(task.labels))
@@ -184,14 +183,13 @@ def hf(p: dict) -> None:
     from sweeps.trial.adapters import lora
     from sweeps.trial.models import pretrained
     from sweeps.trial.tasks import classify
-    from sweeps.trial.worker import trial_params
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
     base, tokenizer, task, splits = _train_split(spec)
     num_labels = len(task.labels)
     grid = p["space"]
-    fixed = trial_params(spec, {})
+    fixed = spec.trial_params()
     train_labels = np.asarray(splits["train"]["labels"])
     weights = classify.class_weights(train_labels, num_labels)
     majority = np.full(len(splits["validation"]), np.bincount(train_labels, minlength=num_labels).argmax())
@@ -201,7 +199,7 @@ def hf(p: dict) -> None:
         sampled = {name: values[0] for name, values in grid.items()}
         if trial is not None:
             sampled.update({k: v for k, v in trial.params.items() if k in grid})
-        return trial_params(spec, sampled)
+        return spec.trial_params(sampled)
 
     def hp_space(trial):
         return {name: trial.suggest_categorical(name, values) for name, values in grid.items()}
@@ -284,10 +282,9 @@ def pick_test(p: dict) -> None:
     """The sweep's pick (a saved adapter of a finished trial) scored once on the test split (for the hf section)."""
     from sweeps.spec import load_spec
     from sweeps.trial.loop import evaluate_adapter
-    from sweeps.trial.worker import trial_params
 
     spec = load_spec(p["spec"])
-    metrics = evaluate_adapter(spec, trial_params(spec, p["config"]), Path(p["adapter"]), "test", device="cpu")
+    metrics = evaluate_adapter(spec, spec.trial_params(p["config"]), Path(p["adapter"]), "test", device="cpu")
     emit({"phase": "test", "macro_f1": metrics["macro_f1"], "macro_f1_se": metrics["macro_f1_se"]})
 
 
@@ -309,7 +306,7 @@ def profile(p: dict) -> None:
 
     from sweeps.spec import load_spec
     from sweeps.trial.loop import run_trial
-    from sweeps.trial.worker import release_memory, trial_params
+    from sweeps.trial.worker import release_memory
 
     emit({"phase": "imported", "since_launch": time.time() - p.get("launched", STARTED)})
     spec = load_spec(p["spec"])
@@ -318,7 +315,7 @@ def profile(p: dict) -> None:
         prof = cProfile.Profile()
         started = time.perf_counter()
         prof.enable()
-        result = run_trial(spec, trial_params(spec, p["config"]), Path(p["out"]) / f"p{i}")
+        result = run_trial(spec, spec.trial_params(p["config"]), Path(p["out"]) / f"p{i}")
         prof.disable()
         wall = time.perf_counter() - started
         stats = pstats.Stats(prof).stats
@@ -335,10 +332,10 @@ def profile(p: dict) -> None:
 def recipe(p: dict) -> None:
     from sweeps.spec import load_spec
     from sweeps.trial.loop import evaluate_adapter, run_trial
-    from sweeps.trial.worker import release_memory, trial_params
+    from sweeps.trial.worker import release_memory
 
     spec = load_spec(p["spec"])
-    params = trial_params(spec, p["config"])
+    params = spec.trial_params(p["config"])
     release_memory()
     started = time.perf_counter()
     result = run_trial(spec, params, Path(p["out"]))
@@ -356,8 +353,8 @@ def recipe(p: dict) -> None:
 
 
 def baselines(p: dict) -> None:
+    from sweeps.driver.prepare import baselines as compute
     from sweeps.spec import load_spec
-    from sweeps.trial.worker import baselines as compute
 
     spec = load_spec(p["spec"])
     emit({"phase": "baselines", "seed": spec.seed, **compute(spec)})
@@ -373,10 +370,10 @@ def memory_account(p: dict) -> None:
     from sweeps.trial.memory import meter, reuse
     from sweeps.trial.models import pretrained
     from sweeps.trial.tasks.classify import length_batches
-    from sweeps.trial.worker import release_memory, trial_params
+    from sweeps.trial.worker import release_memory
 
     spec = load_spec(p["spec"])
-    params = trial_params(spec, p["config"])
+    params = spec.trial_params(p["config"])
     for i in range(p.get("trials", 1)):
         release_memory()  # what the sweep's worker does before each trial
         result = T.run_trial(spec, params, Path(p["out"]) / f"t{i}")
@@ -389,10 +386,10 @@ def memory_account(p: dict) -> None:
     release_memory()
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
-    task = T._task(spec, params, tokenizer)
-    T._seed_everything(spec.seed)
+    task = T.make_task(spec, params, tokenizer)
+    T.seed_everything(spec.seed)
     with meter.PeakMemory("cpu") as pm:
-        model = T._load(spec, params, base, tokenizer, task, "cpu", peak=pm)
+        model = T.load_model(spec, params, base, tokenizer, task, "cpu", peak=pm)
         weight_bytes = pretrained.weight_bytes(model)
         entry = reuse._SLOT.get("entry")
         model = lora.apply_peft(model, params, spec.task, task.num_labels)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps import faults, store
+from sweeps.driver import prepare
 from sweeps.driver.cluster import tune
 from sweeps.driver.study.study import HEARTBEAT_S, Study
 from sweeps.spec import SweepSpec
@@ -129,16 +130,14 @@ class Coordinator:
         number, sampled = self.study.ask()
         self.study.set_attr(number, "driver", self.driver)
         faults.point("driver.proposed", trial=number)  # an Optuna trial with no MLflow run yet
-        from sweeps.trial.worker import trial_params
-
-        flat = trial_params(self.spec, sampled).flat()
-        run_id = self.tracker.start_trial(self.spec.name, self.parent, number, flat,
+        params = self.spec.trial_params(sampled)  # the one place a trial's parameters are built
+        run_id = self.tracker.start_trial(self.spec.name, self.parent, number, params.flat(),
                                           tags={"sweeps.optuna_study": self.spec.name})
         self.study.set_attr(number, "mlflow_run_id", run_id)
         self.run_ids[number] = run_id
         self.rows[number] = TrialRow(number, sampled)
         self._notify()
-        return {"trial_number": number, "params": sampled, "spec": self.spec_dict,
+        return {"trial_number": number, "trial_params": params.model_dump(mode="json"), "spec": self.spec_dict,
                 "store": str(store.store_dir()), "cpus": self.spec.budget.cpus_per_trial}
 
     def epoch(self, number: int, result: dict[str, Any]) -> None:
@@ -295,8 +294,8 @@ def run_sweep(spec: SweepSpec, spec_text: str, address: str | None = None, liste
     started = time.time()
     # Data, model and target checks first: a bad data file or a target group the model lacks fails here,
     # before any study, experiment or run is created.
-    prepare(spec)
-    refs = reference_points(spec)  # majority class and linear probe: computed once per base and data, cached
+    prepare.prepare(spec)
+    refs = prepare.reference_points(spec)  # majority class and linear probe: computed once per base and data, cached
     lock = store.driver_lock(store.study_storage(spec.infra.study_storage), spec.name)  # SQLite: one driver
     try:
         return _run_locked(spec, spec_text, address, listener, on_coordinator, started, refs)
@@ -332,19 +331,3 @@ def _run_locked(spec: SweepSpec, spec_text: str, address: str | None, listener: 
     interrupted = len([r for r in coordinator.rows.values() if r.state == "INTERRUPTED"])
     return SweepOutcome(spec.name, parent, counts, ran, time.time() - started, notes, interrupted,
                         coordinator.stop_reason)
-
-
-def reference_points(spec: SweepSpec) -> dict[str, dict[str, float]]:
-    """The sweep's baselines (sweeps.worker.baselines); SWEEPS_BASELINES=0 skips them (tests of other parts)."""
-    import os
-
-    from sweeps.trial.worker import baselines
-
-    return baselines(spec) if os.environ.get("SWEEPS_BASELINES", "1") != "0" else {}
-
-
-def prepare(spec: SweepSpec) -> None:
-    """Convert/cache the base model and tokenize the data once in the driver, so trials only read caches."""
-    from sweeps.trial.worker import prepare as worker_prepare
-
-    worker_prepare(spec)

@@ -235,3 +235,8 @@ class SweepSpec(BaseModel):
         """The stated `objectives[i].tolerance`, in objective order (None: resolved per trial by
         sweeps.select.tolerance_matrix)."""
         return [o.tolerance for o in self.objectives]
+
+    def trial_params(self, sampled: dict[str, Any] | None = None) -> TrialParams:
+        """The fixed `params` overridden by a sampled point (values of `search.space` axes), validated again as one
+        object: the parameters of one trial. Built once per trial, by the driver, and shipped to the worker."""
+        return TrialParams(**{**self.params.model_dump(), **(sampled or {})})

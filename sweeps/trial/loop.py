@@ -56,7 +56,7 @@ def pick_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -168,7 +168,7 @@ def _train(model, task, params, spec, device, bf16, pm, report, stats) -> list[d
 # ---------------------------------------------------------------- entry points
 
 
-def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",),
+def make_task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",),
           fold: int | None = None):
     if spec.task == "instruction":
         from sweeps.trial.tasks.instruct import (
@@ -183,7 +183,8 @@ def _task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ..
     return task
 
 
-def _load(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str, peak: PeakMemory | None = None):
+def load_model(spec: SweepSpec, params: TrialParams, base, tokenizer, task, device: str,
+               peak: PeakMemory | None = None):
     if peak is None:  # evaluation, export: a model of its own
         model = pretrained.load_base(base, spec.task, task.num_labels, params, device, spec.model.revision)
     else:  # a trial: this worker's base from its last trial, made as if freshly loaded, and charged to `peak`
@@ -215,16 +216,16 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         return crossval.run(spec, params, Path(out_dir), report, device)
     device = pick_device(device)
     threads = _set_threads()
-    _seed_everything(spec.seed)
+    seed_everything(spec.seed)
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
-    task = _task(spec, params, tokenizer, fold=None if fold == "all" else fold)
+    task = make_task(spec, params, tokenizer, fold=None if fold == "all" else fold)
     bf16 = _use_bf16(params, device)
     pretrained.warm_imports(base, spec.task, params)
     stats = {"tokens": 0, "train_seconds": 0.0}
     extra: dict[str, float] = {}
     with PeakMemory(device) as pm:
-        model = _load(spec, params, base, tokenizer, task, device, peak=pm)
+        model = load_model(spec, params, base, tokenizer, task, device, peak=pm)
         stats["base_weight_bytes"] = pretrained.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
         probe_head = _probe_for(spec, params, model, task, device, base)
@@ -272,13 +273,13 @@ def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, sp
     _set_threads()
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
-    task = _task(spec, params, tokenizer, (split,))
+    task = make_task(spec, params, tokenizer, (split,))
     labels_file = Path(adapter_dir) / "labels.json"
     if spec.task == "classification" and labels_file.is_file() and json.loads(labels_file.read_text()) != \
             task.data.labels:
         raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has "
                          f"{task.data.labels}")
-    model = lora.load_adapter(_load(spec, params, base, tokenizer, task, device), adapter_dir)
+    model = lora.load_adapter(load_model(spec, params, base, tokenizer, task, device), adapter_dir)
     bf16 = _use_bf16(params, device)
     metrics = task.evaluate(model, device, bf16, split)
     if spec.task == "instruction":

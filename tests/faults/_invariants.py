@@ -94,7 +94,6 @@ def check(env: dict, spec_file: Path, fault: str | list[str], models: dict[str, 
 
 
 def _trials_vs_runs(spec, tracker, trials, records, orphans: list) -> list[str]:
-    from sweeps.trial.worker import trial_params
 
     lost = []
     runs = defaultdict(list)
@@ -120,7 +119,7 @@ def _trials_vs_runs(spec, tracker, trials, records, orphans: list) -> list[str]:
             continue
         if t.state != "COMPLETE":
             continue
-        flat = {k: str(v) for k, v in trial_params(spec, t.params).flat().items()}
+        flat = {k: str(v) for k, v in spec.trial_params(t.params).flat().items()}
         if run.params != flat:
             lost.append(f"trial {t.number}: params differ: {sorted(set(run.params.items()) ^ set(flat.items()))}")
         if t.attrs.get("mlflow_run_id") != run.run_id:
@@ -130,7 +129,7 @@ def _trials_vs_runs(spec, tracker, trials, records, orphans: list) -> list[str]:
                   if run.metrics.get(k) is None or not math.isclose(v, run.metrics[k], rel_tol=1e-12)}
         if differ or len(t.values or []) != len(spec.metric_names()):
             lost.append(f"trial {t.number}: final metrics differ (optuna, mlflow): {differ}")
-        problem = _adapter_problem(spec, tracker, run, trial_params(spec, t.params))
+        problem = _adapter_problem(spec, tracker, run, spec.trial_params(t.params))
         if problem:
             lost.append(f"trial {t.number}: {problem}")
     complete = {t.number for t in trials if t.state == "COMPLETE"}

@@ -43,7 +43,7 @@ def _trainable(config: dict[str, Any]) -> None:
         faults.point("worker.epoch", trial=config["trial_number"], epoch=metrics.get("epoch"))  # mid-training
         tune.report({**metrics, "phase": "epoch"})
 
-    final = run_one(config["spec"], config["trial_number"], config["params"], report, threads)
+    final = run_one(config["spec"], config["trial_number"], config["trial_params"], report, threads)
     # Which Ray node ran the trial: a string, so the coordinator's numeric-only metrics skip it; also written next
     # to the adapter (<store>/trials/<sweep>/trial-NNNN/node.json) where an operator or a test can read it.
     node_id = ray.get_runtime_context().get_node_id()

@@ -200,7 +200,7 @@ def sweep_baselines(spec: SweepSpec, tracker: Tracker) -> dict[str, dict[str, fl
     parent = tracker.parent_run(spec.name)
     if found or spec.task != "classification" or parent is None:
         return found
-    from sweeps.driver.runner import reference_points
+    from sweeps.driver.prepare import reference_points
 
     found = reference_points(spec)
     for name, figures in found.items():
@@ -210,9 +210,7 @@ def sweep_baselines(spec: SweepSpec, tracker: Tracker) -> dict[str, dict[str, fl
 
 def _promote_one(tracker: Tracker, spec: SweepSpec, rec: TrialRecord, name: str, aliases: list[str],
                  sampled: dict[int, dict], policy: str, baselines: dict | None = None) -> dict[str, Any]:
-    from sweeps.trial.worker import trial_params
-
-    params = trial_params(spec, sampled.get(rec.trial_number, {}))
+    params = spec.trial_params(sampled.get(rec.trial_number, {}))
     existing = tracker.find_version(name, rec.run_id)
     test_metrics: dict[str, float] = {}
     if existing is None:
