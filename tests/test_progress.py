@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from rich.console import Console
 
 from sweeps.cli.live import LiveView
-from sweeps.driver.runner import TrialRow
+from sweeps.driver.coordinator import TrialRow
 from sweeps.spec import parse_yaml, validate_dict
 
 SPEC = """

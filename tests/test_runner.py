@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sweeps.driver import runner
+from sweeps.driver import coordinator, runner
 from sweeps.driver.study.study import Study
 from sweeps.spec import parse_yaml, validate_dict
 from sweeps.tracking.tracker import Tracker
@@ -51,7 +51,7 @@ def _final(adapter, f1=0.5, mem=100.0):
 
 def test_each_outcome_is_recorded_the_same_in_both_stores(tracker, tmp_path):
     spec, study, t, parent = _setup(tracker, "outcomes")
-    coord = runner.Coordinator(spec, study, t, parent, remaining=5)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=5)
     numbers = [coord.propose()["trial_number"] for _ in range(5)]
     assert coord.propose() is None  # budget exhausted
     coord.epoch(numbers[0], {"phase": "epoch", "epoch": 1, "macro_f1": 0.3, "peak_memory_mb": 90.0})
@@ -79,7 +79,7 @@ def test_each_outcome_is_recorded_the_same_in_both_stores(tracker, tmp_path):
 
 def test_missing_objective_fails_the_trial(tracker, tmp_path):
     spec, study, t, parent = _setup(tracker, "missing")
-    coord = runner.Coordinator(spec, study, t, parent, remaining=1)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=1)
     n = coord.propose()["trial_number"]
     result = _final(_adapter(tmp_path))
     del result["peak_memory_mb"]
@@ -90,7 +90,7 @@ def test_missing_objective_fails_the_trial(tracker, tmp_path):
 
 def test_reconcile_after_a_crash_between_mlflow_and_optuna(tracker, tmp_path):
     spec, study, t, parent = _setup(tracker, "crash")
-    coord = runner.Coordinator(spec, study, t, parent, remaining=2)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=2)
     told_lost = coord.propose()["trial_number"]
     interrupted = coord.propose()["trial_number"]
     # the driver died after MLflow finished trial 0 but before telling Optuna; trial 1 was mid-training
@@ -113,7 +113,7 @@ def test_reconcile_after_a_crash_inside_the_mlflow_close(tracker, tmp_path):
     the other crash windows are killed for real in tests/faults/test_driver_faults.py). Reconcile must not keep the
     uploaded adapter on a run that is not FINISHED: it is removed, the run FAILED, the point queued again."""
     spec, study, t, parent = _setup(tracker, "crash-in-close")
-    coord = runner.Coordinator(spec, study, t, parent, remaining=1)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=1)
     number = coord.propose()["trial_number"]
     run_id = coord.run_ids[number]
     t.client.log_artifacts(run_id, str(_adapter(tmp_path)), artifact_path="adapter")  # ...and then SIGKILL
@@ -129,21 +129,21 @@ def test_reconcile_after_a_crash_inside_the_mlflow_close(tracker, tmp_path):
 def test_grid_budget_is_capped_at_the_grid():
     spec = validate_dict(parse_yaml(SPEC.replace("NAME", "g").replace("sampler: random", "sampler: grid")
                                     .replace("trials: 6", "trials: 10")))
-    assert runner.budget(spec) == 3
+    assert coordinator.budget(spec) == 3
 
 
 def test_a_live_driver_keeps_its_trials_and_shares_the_budget(tracker, tmp_path):
     """Two `sweep run` on one study (a team on PostgreSQL): B must not reconcile A's running trials away, and
     both together stop at the budget."""
     spec, study, t, parent = _setup(tracker, "two-drivers")
-    a = runner.Coordinator(spec, study, t, parent, remaining=4)
+    a = coordinator.Coordinator(spec, study, t, parent, remaining=4)
     a.start_heartbeat()
     try:
         running = a.propose()["trial_number"]
         assert runner.reconcile(spec, study, t) == []  # what driver B does at its start
         assert study.trials()[0].state == "RUNNING"
         assert t.trial_records("two-drivers")[0].status == "RUNNING"
-        b = runner.Coordinator(spec, study, t, parent, remaining=6)
+        b = coordinator.Coordinator(spec, study, t, parent, remaining=6)
         proposed = [b.propose() for _ in range(6)]
         assert sum(p is not None for p in proposed) == 5  # 6 in the budget, 1 already running in A
         assert a.propose() is None
@@ -155,7 +155,7 @@ def test_a_live_driver_keeps_its_trials_and_shares_the_budget(tracker, tmp_path)
 
 def test_a_dead_drivers_trials_are_reconciled(tracker):
     spec, study, t, parent = _setup(tracker, "dead-driver")
-    a = runner.Coordinator(spec, study, t, parent, remaining=1)
+    a = coordinator.Coordinator(spec, study, t, parent, remaining=1)
     a.start_heartbeat()
     a.stop_heartbeat()
     a.propose()
@@ -181,9 +181,9 @@ def test_failing_heartbeat_is_logged_retried_and_stops_proposals(tracker, tmp_pa
     spec, study, t, parent = _setup(tracker, "heartbeat-fails")
     monkeypatch.setenv("SWEEPS_FAULT_DIR", str(tmp_path / "faults"))
     monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1")  # the first beat passes, then none
-    coord = runner.Coordinator(spec, study, t, parent, remaining=4)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=4)
     coord.heartbeat_s = 0.2
-    caplog.set_level("WARNING", logger="sweeps.driver.runner")
+    caplog.set_level("WARNING", logger="sweeps.driver.coordinator")
     coord.start_heartbeat()
     try:
         running = coord.propose()["trial_number"]
@@ -191,7 +191,7 @@ def test_failing_heartbeat_is_logged_retried_and_stops_proposals(tracker, tmp_pa
     finally:
         coord.stop_heartbeat()
     failures = [r for r in caplog.records if "heartbeat" in r.getMessage() and r.levelname == "WARNING"]
-    assert len(failures) >= runner.MAX_MISSED_BEATS
+    assert len(failures) >= coordinator.MAX_MISSED_BEATS
     assert "heartbeat 1/3 failed: OSError" in failures[0].getMessage()
     assert "No space left on device" in failures[0].getMessage()
     assert "stops proposing" in caplog.text and "3 times in a row" in coord.stop_reason
@@ -205,9 +205,9 @@ def test_a_transient_heartbeat_failure_recovers(tracker, tmp_path, monkeypatch, 
     spec, study, t, parent = _setup(tracker, "heartbeat-blip")
     monkeypatch.setenv("SWEEPS_FAULT_DIR", str(tmp_path / "faults"))
     monkeypatch.setenv("SWEEPS_FAULT", "driver.heartbeat:enospc:skip=1:times=2")  # 2 misses < MAX_MISSED_BEATS
-    coord = runner.Coordinator(spec, study, t, parent, remaining=2)
+    coord = coordinator.Coordinator(spec, study, t, parent, remaining=2)
     coord.heartbeat_s = 0.2
-    caplog.set_level("WARNING", logger="sweeps.driver.runner")
+    caplog.set_level("WARNING", logger="sweeps.driver.coordinator")
     coord.start_heartbeat()
     try:
         assert _wait_for(lambda: "recovered after 2 failure(s)" in caplog.text), caplog.text

@@ -269,7 +269,8 @@ def _sweep_cmd(team: dict, spec: Path) -> list[str]:
 
 
 def _nodes(env: dict, sweep: str) -> dict[int, str]:
-    """Which Ray node ran each trial: sweeps.execute._trainable writes <store>/trials/<sweep>/trial-NNNN/node.json."""
+    """Which Ray node ran each trial: sweeps/driver/cluster/trainable.py writes
+    <store>/trials/<sweep>/trial-NNNN/node.json."""
     out = {}
     for path in sorted((Path(env["SWEEPS_STORE"]) / "trials" / sweep).glob("trial-*/node.json")):
         out[int(path.parent.name.split("-")[1])] = json.loads(path.read_text())["node_id"]

@@ -59,7 +59,7 @@ def check(env: dict, spec_file: Path, fault: str | list[str], models: dict[str, 
     `models`: {registered model name: policy} promoted in the scenario (re-promoted here: must create nothing).
     """
     from sweeps import store
-    from sweeps.driver.runner import budget
+    from sweeps.driver.coordinator import budget
     from sweeps.driver.study.study import Study
     from sweeps.spec import load_spec
     from sweeps.tracking.tracker import Tracker

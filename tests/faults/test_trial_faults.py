@@ -130,7 +130,7 @@ def test_a_really_full_store_fails_the_upload_and_keeps_no_partial_files(tmp_pat
     stops half-way with ENOSPC. The driver's bookkeeping (Coordinator, no Ray) must FAIL the trial in both stores
     with the reason, remove the copied part, and leave nothing RUNNING."""
     from sweeps import store
-    from sweeps.driver import runner
+    from sweeps.driver.coordinator import Coordinator
     from sweeps.driver.study.study import Study
     from sweeps.spec import load_spec
     from sweeps.tracking.tracker import Tracker
@@ -146,7 +146,7 @@ def test_a_really_full_store_fails_the_upload_and_keeps_no_partial_files(tmp_pat
         spec = load_spec(spec_file)
         study, tracker = Study(spec, store.study_storage()), Tracker()
         parent = tracker.start_sweep(spec.name, spec_file.read_text(), "")
-        coordinator = runner.Coordinator(spec, study, tracker, parent, remaining=1)
+        coordinator = Coordinator(spec, study, tracker, parent, remaining=1)
         number = coordinator.propose()["trial_number"]
         coordinator.completed(number, {"phase": "final", "state": "COMPLETE", "macro_f1": 0.5, "peak_memory_mb": 1.0,
                                        "trainable_params": 10.0, "adapter_dir": str(adapter)}, False, None)

@@ -1,9 +1,9 @@
-"""Ray Tune execution (the only module importing ray): Tuner, searcher, early stopping, resources.
+"""Ray Tune execution in the driver: Tuner, searcher, early stopping, resources (what runs on a worker: trainable.py).
 
 Why a searcher of our own rather than ray's OptunaSearch: OptunaSearch keeps the Ray-trial -> Optuna-trial map
 private, only logs a failed `tell` (leaving the trial RUNNING), and gives no hook to write MLflow *before* telling
-Optuna. `_DriverSearcher` forwards every event to the `Coordinator` (sweeps/runner.py), which owns the order:
-MLflow run first, Optuna tell second, so a crash between the two is recoverable from MLflow.
+Optuna. `_DriverSearcher` forwards every event to the `Coordinator` (sweeps/driver/coordinator.py), which owns the
+order: MLflow run first, Optuna tell second, so a crash between the two is recoverable from MLflow.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweeps import faults
+from sweeps.driver.cluster.trainable import trainable
 from sweeps.driver.selection.pareto import rung_should_stop, tolerance_matrix
 from sweeps.spec import SweepSpec
 
@@ -30,37 +31,6 @@ class Coordinator(Protocol):
     def epoch(self, number: int, result: dict[str, Any]) -> None: ...
     def completed(self, number: int, result: dict[str, Any] | None, pruned: bool, error: str | None) -> None: ...
     def stopping(self) -> bool: ...
-
-
-def _trainable(config: dict[str, Any]) -> None:
-    """Runs on a Ray worker: one trial, reported back through ray.tune.report (the trial code never sees ray)."""
-    os.environ["SWEEPS_STORE"] = config["store"]
-    threads = max(1, int(config["cpus"]))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    from sweeps.trial.worker import run_one  # heavy imports (torch, transformers) only in the worker
-
-    def report(metrics: dict[str, Any]) -> None:
-        faults.point("worker.epoch", trial=config["trial_number"], epoch=metrics.get("epoch"))  # mid-training
-        tune.report({**metrics, "phase": "epoch"})
-
-    final = run_one(config["spec"], config["trial_number"], config["trial_params"], report, threads)
-    # Which Ray node ran the trial: a string, so the coordinator's numeric-only metrics skip it; also written next
-    # to the adapter (<store>/trials/<sweep>/trial-NNNN/node.json) where an operator or a test can read it.
-    node_id = ray.get_runtime_context().get_node_id()
-    _write_node(config["spec"]["name"], config["trial_number"], node_id)
-    tune.report({**final, "info.node_id": node_id, "phase": "final"})
-
-
-def _write_node(sweep: str, number: int, node_id: str) -> None:
-    import json
-
-    from sweeps import store
-
-    try:
-        (store.trial_dir(sweep, number) / "node.json").write_text(
-            json.dumps({"node_id": node_id, "hostname": os.uname().nodename, "pid": os.getpid()}))
-    except OSError:  # a node without the shared store keeps its trial; only the record is lost
-        pass
 
 
 # Tune pickles its searcher, scheduler and callbacks into its experiment state. The coordinator holds database
@@ -210,7 +180,7 @@ def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: s
     searcher = _DriverSearcher(key)
     resources = {"cpu": spec.budget.cpus_per_trial, "gpu": spec.budget.gpus_per_trial}
     tuner = tune.Tuner(
-        tune.with_resources(_trainable, resources),
+        tune.with_resources(trainable, resources),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=build_scheduler(spec, key),
