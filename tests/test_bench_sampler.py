@@ -65,7 +65,7 @@ def test_equal_means_keep_the_first_listed_as_best_and_unequal_seeds_are_refused
 
 
 def test_auto_resolves_to_the_sampler_make_sampler_builds():
-    from sweeps.driver.study.study import GP_MAX_TRIALS
+    from sweeps.driver.study.space import GP_MAX_TRIALS
 
     assert replay.resolve("auto", GP_MAX_TRIALS, SPACE) == "gp"
     assert replay.resolve("auto", GP_MAX_TRIALS + 1, SPACE) == "tpe"

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from sweeps import store
-from sweeps.driver.study import study as study_
+from sweeps.driver.study import space, storage
+from sweeps.driver.study.study import Study
 from sweeps.spec import parse_yaml, validate_dict
 
 SPEC = """
@@ -32,7 +33,7 @@ def _spec(sampler="tpe", text=SPEC):
 
 
 def test_distributions_follow_the_axes():
-    d = study_.distributions(_spec())
+    d = space.distributions(_spec())
     assert d["rank"].choices == (4, 8, 16)
     assert d["learning_rate"].log and d["learning_rate"].low == 1e-4
     assert (d["epochs"].low, d["epochs"].high) == (1, 3)
@@ -41,14 +42,14 @@ def test_distributions_follow_the_axes():
 @pytest.mark.parametrize("sampler", ["auto", "gp", "tpe", "nsga2", "random"])
 def test_ask_tell_persists_and_resumes(tmp_path, sampler):
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    study = study_.Study(_spec(sampler), url)
+    study = Study(_spec(sampler), url)
     n, params = study.ask()
     assert set(params) == {"rank", "learning_rate", "epochs"} and 1e-4 <= params["learning_rate"] <= 1e-2
     study.tell(n, "COMPLETE", [0.5, 100.0], attrs={"metrics": {"macro_f1": 0.5}})
     n2, _ = study.ask()
     study.tell(n2, "PRUNED")
     n3, _ = study.ask()  # left RUNNING, as a crashed driver would
-    again = study_.Study(_spec(sampler), url)
+    again = Study(_spec(sampler), url)
     assert again.counts() == {"COMPLETE": 1, "PRUNED": 1, "RUNNING": 1}
     assert again.finished() == 2
     assert [t.number for t in again.stale_running()] == [n3]
@@ -56,7 +57,7 @@ def test_ask_tell_persists_and_resumes(tmp_path, sampler):
 
 
 def test_enqueued_point_is_asked_next(tmp_path):
-    study = study_.Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
+    study = Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
     n, params = study.ask()
     study.tell(n, "FAIL")
     study.enqueue(params)
@@ -69,8 +70,8 @@ def test_grid_covers_every_point(tmp_path):
     text = SPEC.replace("learning_rate: {type: float, low: 1e-4, high: 1e-2, log: true}",
                         "learning_rate: [1e-3, 1e-2]")
     spec = _spec("grid", text)
-    assert study_.grid_size(spec) == 3 * 2 * 3
-    study = study_.Study(spec, f"sqlite:///{tmp_path / 'o.db'}")
+    assert space.grid_size(spec) == 3 * 2 * 3
+    study = Study(spec, f"sqlite:///{tmp_path / 'o.db'}")
     seen = set()
     for _ in range(18):
         n, p = study.ask()
@@ -81,20 +82,20 @@ def test_grid_covers_every_point(tmp_path):
 
 def test_changed_directions_are_refused(tmp_path):
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    study_.Study(_spec(), url)
+    Study(_spec(), url)
     flipped = SPEC.replace("metric: peak_memory_mb, direction: minimize", "metric: peak_memory_mb, direction: maximize")
     with pytest.raises(ValueError, match="directions"):
-        study_.Study(_spec(text=flipped), url)
+        Study(_spec(text=flipped), url)
 
 
 def test_locked_database_is_retried(tmp_path):
     """Another process holds the write lock past SQLite's timeout: the call waits and succeeds afterwards."""
     path = tmp_path / "o.db"
-    study = study_.Study(_spec(), f"sqlite:///{path}")
+    study = Study(_spec(), f"sqlite:///{path}")
     locker = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     locker.execute("BEGIN EXCLUSIVE")
     calls = []
-    real = study_._retry
+    real = storage.retry
 
     def release_later():
         time.sleep(1.5)
@@ -111,11 +112,11 @@ def test_retry_gives_up_on_other_errors():
         raise RuntimeError("disk I/O error")
 
     with pytest.raises(RuntimeError, match="disk"):
-        study_._retry(boom, "x")
+        storage.retry(boom, "x")
 
 
 def test_retry_retries_locked_errors(monkeypatch):
-    monkeypatch.setattr(study_.time, "sleep", lambda s: None)
+    monkeypatch.setattr(storage.time, "sleep", lambda s: None)
     calls = []
 
     def flaky():
@@ -124,7 +125,7 @@ def test_retry_retries_locked_errors(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert study_._retry(flaky, "x") == "ok" and len(calls) == 3
+    assert storage.retry(flaky, "x") == "ok" and len(calls) == 3
 
 
 def test_optunas_wrapped_lock_error_is_recognised():
@@ -138,16 +139,16 @@ def test_optunas_wrapped_lock_error_is_recognised():
         except sqlite3.OperationalError as inner:
             raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from inner
     except optuna.exceptions.StorageInternalError as exc:
-        assert study_._is_locked(exc)
-    assert not study_._is_locked(RuntimeError("disk I/O error"))
+        assert storage.is_locked(exc)
+    assert not storage.is_locked(RuntimeError("disk I/O error"))
 
 
 def test_a_lock_past_the_timeout_in_the_middle_of_ask_makes_no_second_trial(tmp_path, monkeypatch):
     """Another process locks the study right after Optuna created the trial, before its params are stored, for
     longer than SQLite's busy timeout. Retrying the whole ask created a second trial and left the first RUNNING
     with no params; each storage call now retries alone."""
-    monkeypatch.setattr(study_, "SQLITE_TIMEOUT_S", 0.3)
-    study = study_.Study(_spec("random"), f"sqlite:///{tmp_path / 'o.db'}")
+    monkeypatch.setattr(storage, "SQLITE_TIMEOUT_S", 0.3)
+    study = Study(_spec("random"), f"sqlite:///{tmp_path / 'o.db'}")
     monkeypatch.setenv("SWEEPS_FAULT", "study.created:lock=1.5")
     number, params = study.ask()
     monkeypatch.delenv("SWEEPS_FAULT")
@@ -163,7 +164,7 @@ def test_a_driver_that_died_on_this_machine_is_not_live(tmp_path):
     import subprocess
     import sys
 
-    study = study_.Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
+    study = Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     study.heartbeat("alive")
     study.study.set_user_attr("driver.dead", {"time": time.time(), "machine": store.machine_id(),
@@ -176,7 +177,7 @@ def test_a_driver_that_died_on_this_machine_is_not_live(tmp_path):
 
 def test_auto_sampler_is_the_gp_for_small_budgets_and_tpe_above():
     small = _spec("auto")
-    assert type(study_.make_sampler(small)).__name__ == "GPSampler"
+    assert type(space.make_sampler(small)).__name__ == "GPSampler"
     big = validate_dict({**small.model_dump(mode="json", exclude_none=True),
-                         "budget": {"trials": study_.GP_MAX_TRIALS + 1}})
-    assert type(study_.make_sampler(big)).__name__ == "TPESampler"
+                         "budget": {"trials": space.GP_MAX_TRIALS + 1}})
+    assert type(space.make_sampler(big)).__name__ == "TPESampler"

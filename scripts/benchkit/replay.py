@@ -45,7 +45,7 @@ def load_table(path: Path, axes: list[str]) -> tuple[dict[str, list], dict[tuple
 
 
 def _sampler(kind: str, seed: int, budget: int, concurrency: int, space: dict):
-    from sweeps.driver.study.study import distributions, make_sampler
+    from sweeps.driver.study.space import distributions, make_sampler
     from sweeps.spec import validate_dict
 
     raw = {"name": "replay", "seed": seed, "model": {"base": "bundled:all-minilm-l6-v2"},

@@ -18,7 +18,7 @@ def validate(spec_file: SpecFile) -> None:
     spec = load(spec_file)
     size = ""
     if spec.search.sampler == "grid":  # sweeps.search imports optuna (~0.4 s): only a grid needs it here
-        from sweeps.driver.study.study import grid_size
+        from sweeps.driver.study.space import grid_size
 
         size = f", grid of {grid_size(spec)} points"
     console.print(f"[green]ok[/] {spec_file}: sweep [bold]{spec.name}[/] ({spec.task}), {spec.budget.trials} trials, "

@@ -231,7 +231,7 @@ def _numeric(result: dict[str, Any], spec: SweepSpec) -> dict[str, float]:
 
 def budget(spec: SweepSpec) -> int:
     """Trials the sweep asks for; a grid never asks for more points than it has."""
-    from sweeps.driver.study.study import grid_size
+    from sweeps.driver.study.space import grid_size
 
     return min(spec.budget.trials, grid_size(spec)) if spec.search.sampler == "grid" else spec.budget.trials
 

@@ -1,41 +1,31 @@
-"""Spec -> Optuna: distributions, samplers and the persistent study (the only module importing optuna).
+"""The persistent Optuna study of a sweep, driven by ask/tell; and the small free-form studies of `sweep fuse`.
 
 The study is driven by ask/tell from the sweep driver (Ray Tune's searcher calls in), so Optuna's own heartbeat
-never runs: stale RUNNING trials left by a crashed driver are reconciled explicitly (`stale_running`). Every
-storage call goes through `_retry` (see `_PatientStorage`), because a SQLite study locked by another process past
-the busy timeout raises OperationalError.
+never runs: stale RUNNING trials left by a crashed driver are reconciled explicitly (`stale_running`), and drivers
+keep heartbeats of their own in the study. Every storage call retries a locked database (sweeps/driver/study/
+storage.py).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
-import random
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from sweeps import faults, store
-from sweeps.spec import CategoricalAxis, FloatAxis, IntAxis, SweepSpec
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from sweeps.driver.study.space import distributions, make_sampler
+from sweeps.driver.study.storage import open_storage, retry
+from sweeps.spec import SweepSpec
 
 FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
 HEARTBEAT_S = 10.0  # how often a driver marks itself alive
 HEARTBEAT_TIMEOUT_S = 45.0  # a driver silent for this long is taken for dead
-# How long SQLite waits for another process's lock before raising "database is locked" (then `_retry` backs off
-# and tries again). An environment variable so the fault tests can hold a lock "past the timeout" in seconds.
-SQLITE_TIMEOUT_S = float(os.environ.get("SWEEPS_SQLITE_TIMEOUT_S", "30"))
 
 
 @dataclass(frozen=True)
@@ -47,132 +37,6 @@ class StudyTrial:
     attrs: dict[str, Any]
 
 
-def distributions(spec: SweepSpec) -> dict[str, optuna.distributions.BaseDistribution]:
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for name, axis in spec.search.space.items():
-        if isinstance(axis, IntAxis):
-            out[name] = IntDistribution(axis.low, axis.high, log=axis.log, step=1 if axis.log else axis.step)
-        elif isinstance(axis, FloatAxis):
-            out[name] = FloatDistribution(axis.low, axis.high, log=axis.log, step=None if axis.log else axis.step)
-        elif isinstance(axis, CategoricalAxis):
-            out[name] = CategoricalDistribution(axis.choices)
-    return out
-
-
-def grid_values(spec: SweepSpec) -> dict[str, list]:
-    """Every value of every axis, for the grid sampler (validated to be categorical or stepped)."""
-    grid: dict[str, list] = {}
-    for name, axis in spec.search.space.items():
-        if isinstance(axis, CategoricalAxis):
-            grid[name] = list(axis.choices)
-        else:
-            step = axis.step or 1
-            count = int(round((axis.high - axis.low) / step)) + 1
-            grid[name] = [type(axis.low)(axis.low + i * step) for i in range(count)]
-    return grid
-
-
-def grid_size(spec: SweepSpec) -> int:
-    size = 1
-    for values in grid_values(spec).values():
-        size *= len(values)
-    return size
-
-
-GP_MAX_TRIALS = 32  # `auto` picks the GP up to this budget: it fits in seconds there, and TPE led beyond
-
-
-def make_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    seed, kind, trials = spec.seed, spec.search.sampler, spec.budget.trials
-    if kind == "auto":
-        kind = "gp" if trials <= GP_MAX_TRIALS else "tpe"
-    if kind == "gp":
-        # Replayed on the 135-point rank x alpha x target x lr grid (BENCHMARKS.md, 10 seeds), hypervolume after
-        # 16 trials: GP .900 with 8 random start-up trials (.886 with 4), TPE .861, random .832. After 48: TPE
-        # (10 start-up) .980, GP .941. The GP scores running trials too (q-batch EHVI), so two concurrent
-        # proposals do not coincide.
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=max(4, min(10, trials // 2)),
-                                         warn_independent_sampling=False)
-    if kind == "grid":
-        return optuna.samplers.GridSampler(grid_values(spec), seed=seed)
-    if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if kind == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, spec.budget.concurrency * 2))
-    # TPE handles several objectives itself; a few random start-up trials anchor its density estimates.
-    startup = max(4, min(10, spec.budget.trials // 3))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True)
-
-
-def _is_locked(exc: BaseException | None) -> bool:
-    # Optuna re-raises sqlalchemy's OperationalError("database is locked") as StorageInternalError with a generic
-    # message and the original as __cause__: look down the whole chain, not at str(exc) alone (which missed it).
-    seen = 0
-    while exc is not None and seen < 10:
-        if "locked" in str(exc).lower() or "busy" in str(exc).lower():
-            return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
-
-
-def _retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
-    """Retry a storage call that hit a locked database; back off with jitter so two drivers interleave."""
-    delay = 0.2
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in several optuna types
-            if not _is_locked(exc) or attempt == attempts - 1:
-                raise
-            log.warning("study database locked during %s; retry %d/%d", what, attempt + 1, attempts)
-            time.sleep(delay + random.random() * delay)
-            delay = min(delay * 2, 5.0)
-    raise AssertionError("unreachable")
-
-
-class _PatientStorage(optuna.storages.RDBStorage):
-    """RDBStorage whose every database call retries a locked database by itself (methods wrapped below).
-
-    Retrying one storage call, not a whole Study operation, matters for `ask`: it creates the trial, then stores
-    each sampled param in its own transaction. Retrying the whole `ask` after a param write hit the lock created
-    a second trial and left the first RUNNING with no driver, counted against the budget until a later
-    `sweep run` reconciled it (tests/faults/test_trial_faults.py, study locked at propose).
-    """
-
-    def _create_new_trial(self, study_id, template_trial=None):
-        frozen = super()._create_new_trial(study_id, template_trial)
-        faults.point("study.created", storage=self.url, trial=frozen.number)
-        return frozen
-
-
-_IN_CALL = threading.local()  # public methods call private ones: only the outermost call retries
-
-
-def _patient(name: str):
-    base = getattr(_PatientStorage, name)
-
-    @functools.wraps(base)
-    def call(self, *args, **kwargs):
-        if getattr(_IN_CALL, "active", False):
-            return base(self, *args, **kwargs)
-        _IN_CALL.active = True
-        try:
-            return _retry(lambda: base(self, *args, **kwargs), name)
-        finally:
-            _IN_CALL.active = False
-
-    return call
-
-
-for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
-              "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-              "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-              "_create_new_trial", "_set_trial_param", "get_trial_param", "set_trial_state_values",
-              "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
-              "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id"):
-    setattr(_PatientStorage, _name, _patient(_name))
-
-
 class Study:
     """One sweep's persistent Optuna study: ask for a point, tell its outcome."""
 
@@ -180,10 +44,8 @@ class Study:
         self.spec = spec
         self.dists = distributions(spec)
         self.url = storage_url
-        sqlite = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-        storage = _retry(lambda: _PatientStorage(storage_url, engine_kwargs=sqlite if storage_url.startswith(
-            "sqlite") else {}), "open storage")
-        self.study = _retry(
+        storage = open_storage(storage_url)
+        self.study = retry(
             lambda: optuna.create_study(
                 study_name=spec.name,
                 storage=storage,
@@ -204,7 +66,7 @@ class Study:
             self.study.set_metric_names(spec.metric_names())
 
     def ask(self) -> tuple[int, dict[str, Any]]:
-        # Not wrapped in _retry: each storage write inside retries alone (see _PatientStorage).
+        # Not wrapped in retry: each storage write inside retries alone (see storage.PatientStorage).
         trial = self.study.ask(self.dists)
         return trial.number, dict(trial.params)
 
@@ -316,7 +178,7 @@ def optimize(name: str, storage_url: str, objective: Callable[[Suggest], float],
     An objective that raises fails only its own trial (Optuna records FAIL and goes on), so one bad candidate
     does not end the search.
     """
-    study = _retry(lambda: optuna.create_study(
+    study = retry(lambda: optuna.create_study(
         study_name=name, storage=storage_url, direction=direction, load_if_exists=True,
         sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, n_trials))), "create_study")
     study.optimize(lambda t: objective(Suggest(t)), n_trials=n_trials, catch=(Exception,))
