@@ -11,14 +11,12 @@ import pytest
 from sweeps.driver.promotion.plot import pareto_plot
 from sweeps.driver.selection import pareto, policies
 from sweeps.driver.selection.pareto import (
-    describe_tolerances,
     dominates,
     hypervolume,
     normalized_hypervolume,
     pareto_mask,
     reference_point,
     rung_should_stop,
-    tolerance_matrix,
 )
 from sweeps.driver.selection.policies import (
     DEFAULT_POLICY,
@@ -28,6 +26,7 @@ from sweeps.driver.selection.policies import (
     objective_aliases,
     parse_policy,
 )
+from sweeps.driver.selection.tolerance import describe_tolerances, tolerance_matrix
 from sweeps.spec.tolerance import parse_tolerance
 
 OBJ2 = [("macro_f1", "maximize"), ("peak_memory_mb", "minimize")]

@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from sweeps.cli.common import fmt
-from sweeps.driver.selection.pareto import pareto_mask, tolerance_matrix
+from sweeps.driver.selection.pareto import pareto_mask
+from sweeps.driver.selection.tolerance import tolerance_matrix
 from sweeps.spec import SweepSpec
 
 _STYLE = {"COMPLETE": "green", "RUNNING": "cyan", "STARTING": "dim", "FAILED": "red", "PRUNED": "yellow",

@@ -22,7 +22,8 @@ from ray.tune.search import Searcher
 
 from sweeps import faults
 from sweeps.driver.cluster.trainable import trainable
-from sweeps.driver.selection.pareto import rung_should_stop, tolerance_matrix
+from sweeps.driver.selection.pareto import rung_should_stop
+from sweeps.driver.selection.tolerance import tolerance_matrix
 from sweeps.spec import SweepSpec
 
 

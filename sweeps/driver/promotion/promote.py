@@ -16,15 +16,9 @@ import numpy as np
 
 from sweeps import store
 from sweeps.driver.promotion import register
-from sweeps.driver.selection.pareto import (
-    describe_tolerances,
-    hypervolume,
-    normalized_hypervolume,
-    pareto_mask,
-    reference_point,
-    tolerance_matrix,
-)
+from sweeps.driver.selection.pareto import hypervolume, normalized_hypervolume, pareto_mask, reference_point
 from sweeps.driver.selection.policies import DEFAULT_POLICY, choose, objective_aliases
+from sweeps.driver.selection.tolerance import describe_tolerances, tolerance_matrix
 from sweeps.driver.study.study import Study
 from sweeps.spec import SweepSpec, parse_yaml, validate_dict
 from sweeps.tracking.tracker import Tracker, TrialRecord

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sweeps.driver.selection.pareto import _num, _signs, _to_min, _tolerant_front, _tols
+from sweeps.driver.selection.pareto import _signs, _to_min, _tolerant_front, _tols
+from sweeps.driver.selection.tolerance import _num
 
 DEFAULT_POLICY = "1se"
 POLICY_GRAMMAR = (
