@@ -75,13 +75,13 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
 
 
 def register(tracker, name: str, adapter: Path, number: int, base_sha: str) -> str:
-    from sweeps.driver.promotion import register as register_
+    from sweeps.driver.promotion.register import promote
 
     parent = tracker.start_sweep("bench-serve", "name: bench-serve\n")
     run_id = tracker.start_trial("bench-serve", parent, number, {"seed": number})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.0}, adapter_dir=adapter)
     lineage = {"task": "classification", "base_model": BASE, "base_model_sha256": base_sha}
-    return register_.promote(tracker, name, run_id, ["champion"], lineage)[0]
+    return promote(tracker, name, run_id, ["champion"], lineage)[0]
 
 
 def throughput(client_url: str, names: list[str], corpus: list[str], requests: int,
@@ -306,13 +306,13 @@ def load_test(args) -> int:
 
 
 def _register_local(tracker, name: str, adapter: Path, number: int, base: Path, base_sha: str) -> str:
-    from sweeps.driver.promotion import register as register_
+    from sweeps.driver.promotion.register import promote
 
     parent = tracker.start_sweep("bench-serve-load", "name: bench-serve-load\n")
     run_id = tracker.start_trial("bench-serve-load", parent, number, {"seed": number})
     tracker.finish_trial(run_id, "COMPLETE", {"macro_f1": 0.0}, adapter_dir=adapter)
     lineage = {"task": "classification", "base_model": str(base), "base_model_sha256": base_sha}
-    return register_.promote(tracker, name, run_id, ["champion"], lineage)[0]
+    return promote(tracker, name, run_id, ["champion"], lineage)[0]
 
 
 def _pct(values: list[float], q: float) -> float:

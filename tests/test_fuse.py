@@ -9,10 +9,10 @@ from _tiny import CORPUS, random_lora, tiny_llama
 from typer.testing import CliRunner
 
 from sweeps.cli import app
-from sweeps.driver.promotion import register
 from sweeps.production import fusion as fusing
 from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
+from sweeps.tracking import refs
 from sweeps.trial.adapters import lora, multi
 from sweeps.trial.models import pretrained
 
@@ -64,7 +64,7 @@ def test_fuse_command_tracks_every_candidate_and_promotes_a_servable_adapter(set
     records = tracker.trial_records("hd-legal")
     assert [r.state for r in records] == ["COMPLETE"] * 4
     assert all("loss" in r.metrics and r.params["method"] in fusing.DEFAULT_METHODS for r in records)
-    info = register.resolve(tracker, "hd-legal@champion")
+    info = refs.resolve(tracker, "hd-legal@champion")
     best = min(records, key=lambda r: r.metrics["loss"])
     assert info["run_id"] == best.run_id and info["tags"]["base_model_sha256"] == pretrained.content_hash(base)
     assert float(info["tags"]["test.loss"]) > 0

@@ -24,6 +24,7 @@ from sweeps.driver.promotion import register
 from sweeps.production import sources
 from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
+from sweeps.tracking import refs
 from sweeps.trial.adapters import lora
 from sweeps.trial.models import pretrained
 
@@ -75,7 +76,7 @@ def promoted(tmp_path_factory):
 
 def test_version_is_a_logged_pyfunc_model_with_a_model_card(promoted, tmp_path):
     tracker = promoted["tracker"]
-    info = register.resolve(tracker, "reviews@champion")
+    info = refs.resolve(tracker, "reviews@champion")
     model = tracker.client.get_logged_model(info["model_id"])
     assert info["source"] == model.artifact_location and model.source_run_id == info["run_id"]
     local = Path(tracker.client.download_artifacts(info["run_id"], "", str(tmp_path / "run")))

@@ -236,7 +236,7 @@ def _state(env: dict, sweep: str, download_to: Path | None = None) -> dict:
         import json, sys
         from pathlib import Path
         from sweeps import store
-        from sweeps.driver.promotion.promote import sweep_spec
+        from sweeps.driver.promotion.front import sweep_spec
         from sweeps.driver.study.study import Study
         from sweeps.tracking.tracker import Tracker
         tracker = Tracker()

@@ -41,7 +41,7 @@ def _state(env):
     code = textwrap.dedent("""
         import json
         from sweeps import store
-        from sweeps.driver.promotion.promote import sweep_spec
+        from sweeps.driver.promotion.front import sweep_spec
         from sweeps.driver.study.study import Study
         from sweeps.tracking.tracker import Tracker
         tracker = Tracker()
@@ -99,7 +99,7 @@ def test_promote_registers_once_with_aliases_and_verified_manifest(sweep_env):
     code = textwrap.dedent("""
         import json, tempfile
         from pathlib import Path
-        from sweeps.driver.promotion.register import resolve
+        from sweeps.tracking.refs import resolve
         from sweeps.tracking.tracker import Tracker
         t = Tracker()
         info = resolve(t, "models:/tiny-reviews@champion")

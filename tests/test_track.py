@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.driver.promotion import register
+from sweeps.tracking import refs
 from sweeps.tracking import tracker as tracker_
 from sweeps.tracking.tracker import Tracker
 
@@ -160,7 +161,7 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     assert register.promote(tracker, "promo-model", first, ["champion", "pareto-lowmem"], lineage,
                             {"macro_f1": 0.38}) == ("1", True)
     assert register.promote(tracker, "promo-model", first, ["champion"], lineage) == ("1", False)
-    info = register.resolve(tracker, "promo-model@champion")
+    info = refs.resolve(tracker, "promo-model@champion")
     assert info["version"] == "1" and info["run_id"] == first
     assert sorted(info["aliases"]) == ["champion", "pareto-lowmem"]
     assert info["tags"]["test.macro_f1"] == "0.38" and info["tags"]["quantization"] == "nf4"
@@ -177,12 +178,12 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
 
     second = _completed_trial(tracker, tmp_path, "promo", 1)
     assert register.promote(tracker, "promo-model", second, ["champion"], {"sweep": "promo"}) == ("2", True)
-    assert register.resolve(tracker, "models:/promo-model@champion")["run_id"] == second
-    assert register.resolve(tracker, "models:/promo-model@pareto-lowmem")["version"] == "1"
-    assert register.resolve(tracker, "promo-model/1")["aliases"] == ["pareto-lowmem"]
+    assert refs.resolve(tracker, "models:/promo-model@champion")["run_id"] == second
+    assert refs.resolve(tracker, "models:/promo-model@pareto-lowmem")["version"] == "1"
+    assert refs.resolve(tracker, "promo-model/1")["aliases"] == ["pareto-lowmem"]
     for missing in ("promo-model@nobody", "promo-model/9", "no-such-model/1"):
         with pytest.raises(LookupError):
-            register.resolve(tracker, missing)
+            refs.resolve(tracker, missing)
     with pytest.raises(ValueError, match="latest"):
         register.promote(tracker, "promo-model", second, ["latest"], {})
 
@@ -194,14 +195,14 @@ def test_promote_reuses_version_and_moves_champion(tracker, tmp_path):
     ("models:/reviews/3", ("reviews", "3")),
 ])
 def test_parse_ref_forms(ref, expected):
-    assert register.parse_ref(ref) == expected
+    assert refs.parse_ref(ref) == expected
 
 
 @pytest.mark.parametrize("ref", ["../x", "/abs", "a\\b", "%2e%2e%2f", "a#b", "../x@champion", "/abs/1",
                                  "models:/../x/1", "reviews", "reviews@", "reviews/v3", "reviews@a.b"])
 def test_parse_ref_refuses_unsafe(ref):
     with pytest.raises(ValueError):
-        register.parse_ref(ref)
+        refs.parse_ref(ref)
 
 
 def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
@@ -225,7 +226,7 @@ def test_concurrent_promotions_get_unique_versions(tracker, store, tmp_path):
     assert all(created for _, created in results.values())
     for run_id, (version, _) in results.items():
         assert tracker.find_version("race-model", run_id) == version
-    assert register.resolve(tracker, "race-model@champion")["version"] in {"1", "2", "3", "4", "5", "6"}
+    assert refs.resolve(tracker, "race-model@champion")["version"] in {"1", "2", "3", "4", "5", "6"}
 
 
 def test_create_version_retries_lost_race(tracker, tmp_path, monkeypatch):

@@ -52,7 +52,7 @@ def run(
 
 def _print_front(sweep: str, plot: bool = True) -> None:
     from sweeps.cli.tables import front_table
-    from sweeps.driver.promotion.promote import PromotionError, pareto_report
+    from sweeps.driver.promotion.front import PromotionError, pareto_report
 
     try:
         report = pareto_report(sweep, plot=plot)
@@ -75,7 +75,8 @@ def pareto(sweep: Annotated[str, typer.Argument(help="Sweep name")]) -> None:
 
 
 def _promote(sweep: str, policy: str, name: str, aliases: list[str] | None = None) -> None:
-    from sweeps.driver.promotion.promote import PromotionError, promote_sweep
+    from sweeps.driver.promotion.front import PromotionError
+    from sweeps.driver.promotion.promote import promote_sweep
 
     try:
         outcome = promote_sweep(sweep, policy, name, extra_aliases=aliases or [])
@@ -127,7 +128,7 @@ def ls() -> None:
 def show(sweep: Annotated[str, typer.Argument(help="Sweep name")]) -> None:
     """List a sweep's trials: state, parameters, metrics, failure reasons."""
     from sweeps.cli.tables import trials_table
-    from sweeps.driver.promotion.promote import PromotionError
+    from sweeps.driver.promotion.front import PromotionError
 
     try:
         console.print(trials_table(sweep))

@@ -28,7 +28,7 @@ def sweeps_table(tracker: Tracker | None = None) -> Table:
 
 
 def trials_table(sweep: str, tracker: Tracker | None = None) -> Table:
-    from sweeps.driver.promotion.promote import sweep_spec
+    from sweeps.driver.promotion.front import sweep_spec
     from sweeps.store import safe_name
 
     safe_name(sweep, "sweep name")  # before Tracker(): opening it creates the store

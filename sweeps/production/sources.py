@@ -102,16 +102,16 @@ def locate(ref: str, workdir: Path, tracker=None) -> Located:
     """A directory is read in place; a registry reference is resolved and downloaded into `workdir`."""
     if is_directory(ref):
         return read_dir(Path(ref), ref)
-    from sweeps.driver.promotion import register
+    from sweeps.tracking import refs
     from sweeps.tracking.tracker import Tracker
 
     try:
-        name, _ = register.parse_ref(ref)
+        name, _ = refs.parse_ref(ref)
     except ValueError as exc:
         raise SourceError(f"{ref!r} is neither an adapter directory nor a registry reference: {exc}") from None
     tracker = tracker or Tracker()
     try:
-        info = register.resolve(tracker, ref)
+        info = refs.resolve(tracker, ref)
     except LookupError as exc:
         raise SourceError(f"{exc} in {tracker.ui_hint()}") from None
     dst = Path(workdir) / f"{name}-v{info['version']}"
@@ -154,9 +154,9 @@ def current_version(ref: str, tracker) -> str | None:
     """The registry version a reference points at now (None for directories): what alias polling compares."""
     if is_directory(ref):
         return None
-    from sweeps.driver.promotion import register
+    from sweeps.tracking import refs
 
-    return register.resolve(tracker, ref)["version"]
+    return refs.resolve(tracker, ref)["version"]
 
 
 def write_base_file(adapter_dir: Path, base: str | None, base_sha256: str | None) -> None:

@@ -167,7 +167,7 @@ def _leftovers(spec, tracker, trials, records) -> list[str]:
 
 
 def _registry(spec, tracker, records, models: dict[str, str], orphans: list) -> None:
-    from sweeps.driver.promotion.promote import choose_record, complete_records
+    from sweeps.driver.promotion.front import choose_record, complete_records
 
     good = {r.run_id for r in records if (r.status, r.state) == ("FINISHED", "COMPLETE")}
     for name, policy in models.items():

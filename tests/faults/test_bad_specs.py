@@ -149,7 +149,7 @@ def test_safe_name_refuses(name):
 @pytest.mark.parametrize("suffix", ["@champion", "/1"], ids=["alias", "version"])
 @pytest.mark.parametrize("name", UNSAFE)
 def test_parse_ref_refuses(name, suffix):
-    from sweeps.driver.promotion.register import parse_ref
+    from sweeps.tracking.refs import parse_ref
 
     for ref in (f"{name}{suffix}", f"models:/{name}{suffix}"):
         with pytest.raises(ValueError):
@@ -157,8 +157,8 @@ def test_parse_ref_refuses(name, suffix):
 
 
 def test_safe_names_still_pass():
-    from sweeps.driver.promotion.register import parse_ref
     from sweeps.store import safe_name
+    from sweeps.tracking.refs import parse_ref
 
     assert safe_name("rank_study-v1.2") == "rank_study-v1.2"
     assert parse_ref("models:/reviews@champion") == ("reviews", "champion")

@@ -52,7 +52,7 @@ def test_nan_loss_fails_the_trial_with_its_reason_and_leaves_the_front(bad):
     assert re.match(r"loss became (nan|inf) at epoch \d+ step \d+", run.tags["sweeps.failure_reason"]), run.tags
     assert trial.attrs["reason"] == run.tags["sweeps.failure_reason"]
     with store_env(bad["env"]):
-        from sweeps.driver.promotion.promote import pareto_report
+        from sweeps.driver.promotion.front import pareto_report
 
         report = pareto_report("bad_trials", plot=False)
     assert trial.number not in {r.trial_number for r in report.front_records()}
