@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from sweeps.driver.promotion import register
-from sweeps.tracking import refs
-from sweeps.tracking import tracker as tracker_
+from sweeps.tracking import base, refs
+from sweeps.tracking.runs import trial_run_name
 from sweeps.tracking.tracker import Tracker
 
 
@@ -144,7 +144,7 @@ def test_trial_records_pages_params_and_metrics(tracker, monkeypatch):
         tracker.log_metrics(run_id, {"loss": 1.0 / (n + 1), "diverged": float("nan")}, step=1)
         tracker.finish_trial(run_id, "COMPLETE" if n % 2 == 0 else "FAILED", {"macro_f1": n / 10, "inf": 1e999},
                              reason=None if n % 2 == 0 else "x" * 6000)
-    monkeypatch.setattr(tracker_, "_PAGE", 2)  # five runs over three pages: the page-token loop is exercised
+    monkeypatch.setattr(base, "_PAGE", 2)  # five runs over three pages: the page-token loop is exercised
     recs = tracker.trial_records("records")
     assert [r.trial_number for r in recs] == [0, 1, 2, 3, 4]
     assert recs[4].params == {"rank": "16", "target": "ffn"}
@@ -297,7 +297,7 @@ def test_baselines_are_idempotent_child_runs_that_trial_listings_ignore(tracker)
     (0, {}, "t00"),
 ])
 def test_trial_run_names_say_what_the_trial_is(number, params, name):
-    assert tracker_.trial_run_name(number, params) == name
+    assert trial_run_name(number, params) == name
 
 
 def test_experiment_kind_datasets_and_tables(tracker, tmp_path):

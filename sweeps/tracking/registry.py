@@ -1,15 +1,15 @@
-"""The MLflow Model Registry side of `sweeps.track.Tracker` (a mixin): logged models, versions, aliases.
+"""The MLflow Model Registry part of the Tracker: logged (pyfunc) models, versions, aliases, race-safe writes.
 
-Kept apart from track.py so each file stays readable; like track.py it calls MLflow only through the Tracker's
-explicit `MlflowClient`. A version's source is a logged MLflow model (`models:/<model_id>`, a pyfunc built by
-sweeps.mlmodel) that holds the trial's adapter; serve and export still read the trial run's `adapter` artifact
-(sweeps.sources), which every version, older ones included, has.
+Only MLflow calls: which trial to promote, with which lineage and card, is decided in sweeps/driver/promotion.
+Like the other parts it calls MLflow only through the Tracker's explicit `MlflowClient`. A version's source is a
+logged MLflow model (`models:/<model_id>`, a pyfunc built by pyfunc.py) that holds the trial's adapter; serve and
+export still read the trial run's `adapter` artifact (sweeps/production/sources.py), which every version, older
+ones included, has.
 """
 
 from __future__ import annotations
 
 import random
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -18,8 +18,9 @@ from mlflow.entities import LoggedModelOutput
 from mlflow.exceptions import MlflowException
 
 from sweeps import store
+from sweeps.tracking.artifacts import Artifacts
+from sweeps.tracking.base import check_run_id
 
-_RUN_ID = re.compile(r"^[a-zA-Z0-9][\w\-]{0,255}$")  # MLflow's run-id rule; keeps filters safe
 # Promotions racing on one model name: the SQL store picks max(version)+1, so the loser hits the
 # (name, version) primary key, SQLite's write lock, or the store's own 3 immediate retries running out.
 _RACE_MARKERS = ("RESOURCE_ALREADY_EXISTS", "UNIQUE constraint", "IntegrityError", "database is locked",
@@ -30,18 +31,12 @@ _RACE_MARKERS = ("RESOURCE_ALREADY_EXISTS", "UNIQUE constraint", "IntegrityError
 MODEL_NAME = "pyfunc-adapter"
 
 
-def _check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id or ""):
-        raise ValueError(f"not a run id: {run_id!r}")
-    return run_id
-
-
-class RegistryMixin:
-    client: object  # set by Tracker.__init__
+class Registry(Artifacts):
+    """Registered models and their versions; the adapter of a trial run as a logged MLflow pyfunc model."""
 
     def find_version(self, name: str, run_id: str) -> str | None:
         store.safe_name(name, "model name")
-        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
+        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{check_run_id(run_id)}'")
         ours = [int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id]
         return str(min(ours)) if ours else None
 
@@ -70,7 +65,7 @@ class RegistryMixin:
 
     def adapter_model(self, run_id: str) -> str | None:
         """The id of the READY pyfunc model already logged for this trial run's adapter, if any."""
-        run = self.client.get_run(_check_run_id(run_id))
+        run = self.client.get_run(check_run_id(run_id))
         found = self.client.search_logged_models(
             [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'")
         sha = run.data.tags.get("sweeps.adapter_sha256")
@@ -107,7 +102,7 @@ class RegistryMixin:
         """A new model version whose source is the run's adapter logged as a pyfunc model (a LoggedModel, so
         `mlflow.pyfunc.load_model("models:/NAME@alias")` works). `model_info` defaults to `tags` (the lineage)."""
         store.safe_name(name, "model name")
-        model_id = self.log_adapter_model(_check_run_id(run_id), model_info if model_info is not None else tags)
+        model_id = self.log_adapter_model(check_run_id(run_id), model_info if model_info is not None else tags)
         # The model's storage location, not `models:/<id>`: the SQL registry store resolves that URI through the
         # *global* tracking URI (an MLflow TODO), which is not this client's. model_id links the two anyway.
         source = self.client.get_logged_model(model_id).artifact_location
@@ -128,7 +123,7 @@ class RegistryMixin:
         """After creating `mine` for a run: if a racing promoter registered the same run too (both looked, found
         nothing, both created), keep the lowest version and delete ours. Every racer sees the lowest one (it was
         committed first) and keeps it, so they converge on one version per run."""
-        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{_check_run_id(run_id)}'")
+        found = self.client.search_model_versions(f"name = '{name}' AND run_id = '{check_run_id(run_id)}'")
         ours = sorted(int(v.version) for v in found if v.tags.get("sweeps.source_run_id") == run_id)
         keep = str(ours[0]) if ours else mine
         if keep != str(mine):

@@ -17,7 +17,8 @@ from sweeps.driver.selection.pareto import hypervolume, normalized_hypervolume, 
 from sweeps.driver.selection.policies import DEFAULT_POLICY, choose
 from sweeps.driver.selection.tolerance import describe_tolerances, tolerance_matrix
 from sweeps.spec import SweepSpec, parse_yaml, validate_dict
-from sweeps.tracking.tracker import Tracker, TrialRecord
+from sweeps.tracking.runs import TrialRecord
+from sweeps.tracking.tracker import Tracker
 
 
 class PromotionError(RuntimeError):

@@ -19,7 +19,8 @@ from sweeps.driver.promotion.front import PromotionError, complete_records, sele
 from sweeps.driver.selection.policies import choose, objective_aliases
 from sweeps.driver.study.study import Study
 from sweeps.spec import SweepSpec
-from sweeps.tracking.tracker import Tracker, TrialRecord
+from sweeps.tracking.runs import TrialRecord
+from sweeps.tracking.tracker import Tracker
 
 # Held-out figures a promotion prints; zero_shot_* are the untuned base's on the same split (instruction task).
 _SHOWN = ("accuracy", "macro_f1", "loss", "perplexity", "routing_accuracy", "zero_shot_loss",
