@@ -12,14 +12,9 @@ import datasets
 import pytest
 
 from sweeps.spec import DataSpec
-from sweeps.trial.data.labelled import (
-    DataError,
-    TaskData,
-    few_shot,
-    load_classification,
-    tokenize_splits,
-    truncation_stats,
-)
+from sweeps.trial.data.labelled import TaskData, few_shot, load_classification
+from sweeps.trial.data.reading import DataError
+from sweeps.trial.data.tokenized import tokenize_splits, truncation_stats
 
 
 @pytest.fixture(autouse=True)

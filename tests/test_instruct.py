@@ -12,7 +12,7 @@ from sweeps.spec import DataSpec, SpecError, validate_dict
 from sweeps.trial import loop
 from sweeps.trial.data import chat
 from sweeps.trial.data.chat import IGNORE, Chat
-from sweeps.trial.data.labelled import DataError
+from sweeps.trial.data.reading import DataError
 from sweeps.trial.tasks import instruct
 
 

@@ -98,13 +98,13 @@ def _fmt(value) -> str:
 
 def _train_split(spec):
     """The same tokenized train rows our trials see (sweeps.data: same split, truncation and max_length)."""
-    from sweeps.trial.data import labelled
+    from sweeps.trial.data import labelled, tokenized
     from sweeps.trial.models import pretrained
 
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base)
     task = labelled.load_classification(spec.data, spec.seed)
-    splits = labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    splits = tokenized.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     return base, tokenizer, task, splits
 
 

@@ -92,7 +92,7 @@ def input_errors() -> tuple[type[Exception], ...]:
     """Problems with the user's data, model or targets: reported in one line, exit 2, nothing created."""
     from sweeps.bundled import BundledNotFound
     from sweeps.trial.adapters.lora import TargetError
-    from sweeps.trial.data.labelled import DataError
+    from sweeps.trial.data.reading import DataError
 
     return DataError, TargetError, BundledNotFound
 

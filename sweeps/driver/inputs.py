@@ -32,7 +32,7 @@ def source_of(data_source: str) -> dict:
     """{"type": "local", "uri": ...} for a file, a folder or a bundled set; {"type": "hugging_face", "path": ...}
     for a hub id."""
     if data_source == "bundled:helpdesk":
-        from sweeps.trial.data.labelled import HELPDESK
+        from sweeps.trial.data.reading import HELPDESK
 
         return {"type": "local", "uri": Path(HELPDESK).resolve().as_uri()}
     if data_source.startswith("bundled:"):

@@ -34,7 +34,7 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     file fails the sweep before a single trial is proposed.
     """
     from sweeps.trial.adapters import lora
-    from sweeps.trial.data import labelled
+    from sweeps.trial.data import labelled, tokenized
     from sweeps.trial.models import pretrained
 
     base = pretrained.resolve_base(spec.model)
@@ -43,8 +43,8 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
         return _prepare_instruction(spec, base, tokenizer)
     task = labelled.load_classification(spec.data, spec.seed)
     check_targets(spec, pretrained.skeleton(base, spec.task, len(task.labels)), lora.target_modules)
-    labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
-    stats = labelled.truncation_stats(task, tokenizer, spec.data.max_length,
+    tokenized.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    stats = tokenized.truncation_stats(task, tokenizer, spec.data.max_length,
                                              truncation=spec.data.truncation)
     return {"base": str(base), "labels": task.labels, "truncation": stats,
             "sizes": {k: len(v) for k, v in (("train", task.train), ("validation", task.validation),

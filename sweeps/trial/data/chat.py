@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sweeps.trial.data import labelled as data_mod
-from sweeps.trial.data.labelled import DataError
+from sweeps.trial.data import labelled, reading
+from sweeps.trial.data.reading import DataError
 from sweeps.spec import DataSpec
 
 IGNORE = -100  # label of a token the loss skips (torch's cross_entropy ignore_index default)
@@ -101,14 +101,14 @@ def _chats(rows: list[dict], data: DataSpec, split: str, dropped: dict[str, int]
 def load_chats(data: DataSpec, seed: int) -> ChatData:
     """train / validation / test chats. A `validation` split in the source is used as is (fixed splits, as the
     bundled helpdesk set has); otherwise validation_fraction of train is carved out, stratified by category."""
-    records, fingerprint = data_mod.read_records(data)
+    records, fingerprint = reading.read_records(data)
     dropped: dict[str, int] = {}
     train = _chats(records["train"], data, "train", dropped)
     if "validation" in records:
         validation = _chats(records["validation"], data, "validation", dropped)
     else:
         keys = [c.category or "" for c in train]
-        train_idx, val_idx = data_mod.stratified_split(keys, data.validation_fraction, seed)
+        train_idx, val_idx = labelled.stratified_split(keys, data.validation_fraction, seed)
         train, validation = [train[i] for i in train_idx], [train[i] for i in val_idx]
     test = _chats(records["test"], data, "test", dropped) if "test" in records else None
     categories = sorted({c.category for c in train + validation if c.category})

@@ -1,8 +1,8 @@
-"""Classification data: load, clean, split (stratified, seeded), few-shot sample, tokenize (cached on disk).
+"""Classification data: load, clean, split (stratified, seeded), few-shot sample (tokenized.py caches the tokens).
 
-The only module that imports `datasets`. It never imports torch: the trial process hands in a tokenizer and
-gets back plain `datasets.Dataset`s. Selection uses `validation` (carved out of train here, so every trial of
-a sweep sees the same carve for a seed); `test` is held out and only touched for the promoted adapter.
+It never imports torch: the trial process hands in a tokenizer and gets back plain `datasets.Dataset`s.
+Selection uses `validation` (carved out of train here, so every trial of a sweep sees the same carve for a seed);
+`test` is held out and only touched for the promoted adapter.
 """
 
 from __future__ import annotations
@@ -11,32 +11,17 @@ import hashlib
 import html
 import json
 import math
-import os
-import shutil
-import uuid
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 
-from sweeps import bundled, digest
 from sweeps.spec import DataSpec
-from sweeps.store import cache_dir
+from sweeps.trial.data.reading import DataError, read_source, test_split
 
 # Bump when the cleaning below changes: fingerprints (and the tokenized caches keyed on them) change with it.
 _PREP_VERSION = "1"
-_BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_DRUG_FILES = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
-HELPDESK = Path(__file__).parent / "assets" / "helpdesk"
-_HELPDESK_SPLITS = ("train", "validation", "test")
-# Per-split progress bars of a few hundred rows only clutter the sweep's live view and CI logs.
-datasets.disable_progress_bars()
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file/column/value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -49,81 +34,6 @@ class TaskData:
     # rows dropped while cleaning, e.g. {"train.empty_text": 3, "test.missing_label": 1}
     dropped: dict[str, int] = field(default_factory=dict)
 
-
-# ---------------------------------------------------------------- reading raw splits
-
-
-def _hf_cache() -> str:
-    # Keep datasets' arrow caches inside the sweep store, not ~/.cache, so the store stays self-contained.
-    return str(cache_dir() / "hf-datasets")
-
-
-def _read_file(path: Path, h: hashlib._Hash) -> datasets.Dataset:
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}")
-    builder = _BUILDERS.get(path.suffix.lower())
-    if builder is None:
-        raise DataError(f"{path}: unknown extension {path.suffix!r}; allowed: {', '.join(_BUILDERS)}")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
-    digest.update_named(h, [path])
-    kwargs = {}
-    if builder == "csv":
-        # Only empty cells are missing: pandas' defaults would turn labels such as "NA" or "None" into NaN.
-        kwargs = {"delimiter": "\t" if path.suffix.lower() == ".tsv" else ",", "keep_default_na": False,
-                  "na_values": [""]}
-    try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=_hf_cache(),
-                                     **kwargs)
-    except Exception as exc:  # the builders raise pandas/pyarrow/json errors of many types
-        if "corresponds to no data" in str(exc):  # datasets' words for a header-only file
-            raise DataError(f"{path}: no rows") from exc
-        raise DataError(f"{path}: could not read it as {builder}: {exc}") from exc
-
-
-def _extract_bundled_drug_reviews() -> Path:
-    zip_path = bundled.dataset_path("drug-reviews")
-    target = cache_dir() / "bundled" / f"drug-reviews-{digest.file_sha256(zip_path)[:16]}"
-    if not target.is_dir():
-        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        with zipfile.ZipFile(zip_path) as zf:  # read named members only: no path from the archive is trusted
-            for name in _DRUG_FILES.values():
-                (tmp / name).write_bytes(zf.read(name))
-        _publish(tmp, target)
-    return target
-
-
-def _read_source(data: DataSpec, h: hashlib._Hash) -> tuple[dict[str, datasets.Dataset], bool]:
-    """All splits of `data.source` by name, and whether its text is HTML-escaped (the drug reviews are)."""
-    source = data.source
-    if source.startswith("bundled:"):
-        try:
-            folder = _extract_bundled_drug_reviews() if source == "bundled:drug-reviews" else None
-        except bundled.BundledNotFound as exc:
-            raise DataError(str(exc)) from exc
-        if source == "bundled:helpdesk":  # our own data set, shipped inside the package (sweeps/assets)
-            return {split: _read_file(HELPDESK / f"{split}.jsonl", h) for split in _HELPDESK_SPLITS}, False
-        if folder is None:
-            raise DataError(f"unknown bundled dataset {source!r}; allowed: bundled:drug-reviews, bundled:helpdesk")
-        return {split: _read_file(folder / name, h) for split, name in _DRUG_FILES.items()}, True
-    path = Path(source).expanduser()
-    if not path.is_dir() and (path.is_file() or path.suffix):
-        return {"train": _read_file(path, h)}, False
-    if path.is_dir():  # a dataset folder (train.csv, test.csv, ...): hash its content, not its mtimes
-        digest.update_named(h, sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")))
-    try:
-        loaded = datasets.load_dataset(str(path) if path.is_dir() else source, cache_dir=_hf_cache())
-    except Exception as exc:  # offline, unknown id, bad folder layout, ...
-        raise DataError(f"could not load dataset {source!r}: {exc}") from exc
-    if not path.is_dir():  # hub: datasets' fingerprints follow the resolved revision
-        h.update("".join(loaded[s]._fingerprint for s in sorted(loaded)).encode())
-    return dict(loaded), False
-
-
-# ---------------------------------------------------------------- cleaning and splitting
-
-
 def _label_str(value, feature) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -132,7 +42,6 @@ def _label_str(value, feature) -> str | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)  # an int column with a gap is read as float: 1.0 is label "1"
     return str(value)
-
 
 def _clean(ds: datasets.Dataset, data: DataSpec, what: str, unescape: bool, dropped: dict[str, int]):
     for col in (data.text_column, data.label_column):
@@ -159,7 +68,6 @@ def _clean(ds: datasets.Dataset, data: DataSpec, what: str, unescape: bool, drop
         raise DataError(f"{what}: no rows with both text and label")
     return texts, labels
 
-
 def _listed(texts: list[str], labels: list[str], data: DataSpec, split: str, dropped: dict[str, int]):
     """With data.labels and other_labels: drop, only the rows of a listed label (the others counted as dropped)."""
     if not data.labels or data.other_labels != "drop":
@@ -172,7 +80,6 @@ def _listed(texts: list[str], labels: list[str], data: DataSpec, split: str, dro
         raise DataError(f"{data.source} ({split}): no row has one of data.labels {data.labels}")
     return [texts[i] for i in keep], [labels[i] for i in keep]
 
-
 def _to_dataset(texts: list[str], labels: list[str], names: list[str], what: str) -> datasets.Dataset:
     index = {name: i for i, name in enumerate(names)}
     unseen = sorted(set(labels) - set(index))
@@ -181,7 +88,6 @@ def _to_dataset(texts: list[str], labels: list[str], names: list[str], what: str
     features = datasets.Features({"text": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=names)})
     return datasets.Dataset.from_dict({"text": texts, "label": [index[x] for x in labels]}, features=features)
-
 
 def _stratified_indices(labels: np.ndarray, n_classes: int, fraction: float, seed: int):
     """Per class: seeded shuffle, first round(fraction*n) to validation (at least 1, leaving 1 to train)."""
@@ -194,38 +100,11 @@ def _stratified_indices(labels: np.ndarray, n_classes: int, fraction: float, see
     val_set = set(val)
     return [i for i in range(len(labels)) if i not in val_set], sorted(val)
 
-
-def _test_split(data: DataSpec, raw: dict, h: hashlib._Hash) -> tuple[datasets.Dataset | None, str]:
-    if "train" not in raw:
-        raise DataError(f"{data.source}: no 'train' split; splits: {', '.join(sorted(raw))}")
-    if data.test is None:
-        return raw.get("test"), "test"
-    if data.test in raw:
-        return raw[data.test], data.test
-    if Path(data.test).expanduser().is_file() or Path(data.test).suffix:
-        return _read_file(Path(data.test).expanduser(), h), data.test
-    raise DataError(f"test split {data.test!r} not found; {data.source} has splits {sorted(raw)} "
-                    "(or give a .csv/.tsv/.jsonl/.json/.parquet file)")
-
-
-def read_records(data: DataSpec) -> tuple[dict[str, list[dict]], str]:
-    """Every split of the source as plain row dicts (train, test when there is one, and any other split such as a
-    fixed validation), plus a fingerprint of the files: the instruction task's raw input (sweeps.chat)."""
-    h = hashlib.sha256()
-    raw, _ = _read_source(data, h)
-    test, _ = _test_split(data, raw, h)
-    out = {name: split.to_list() for name, split in raw.items() if name != "test"}
-    if test is not None:
-        out["test"] = test.to_list()
-    return out, h.hexdigest()
-
-
 def stratified_split(labels: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, validation) row indices, `fraction` of each label carved out for validation, seeded."""
     names = sorted(set(labels))
     codes = np.asarray([names.index(x) for x in labels])
     return _stratified_indices(codes, len(names), fraction, seed)
-
 
 def fold_of(labels: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
     """Stratified fold number (0..folds-1) of every row: per class, a seeded shuffle dealt out round-robin."""
@@ -236,7 +115,6 @@ def fold_of(labels: np.ndarray, n_classes: int, folds: int, seed: int) -> np.nda
         out[idx] = np.arange(len(idx)) % folds
     return out
 
-
 def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> TaskData:
     """Train/validation/test of a classification source.
 
@@ -245,8 +123,8 @@ def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> T
     the same in every case and never part of a fold.
     """
     h = hashlib.sha256()
-    raw, unescape = _read_source(data, h)
-    test_raw, test_name = _test_split(data, raw, h)
+    raw, unescape = read_source(data, h)
+    test_raw, test_name = test_split(data, raw, h)
     dropped: dict[str, int] = {}
     texts, labels = _listed(*_clean(raw["train"], data, f"{data.source} (train)", unescape, dropped), data,
                             "train", dropped)
@@ -291,7 +169,6 @@ def load_classification(data: DataSpec, seed: int, fold: int | None = None) -> T
     return TaskData(train=full.select(train_idx), validation=full.select(val_idx), test=test, labels=names,
                     fingerprint=h.hexdigest(), dropped=dropped)
 
-
 def few_shot(ds: datasets.Dataset, k: int, seed: int) -> datasets.Dataset:
     """k examples per class (all of a class with fewer), seeded, in the dataset's original order."""
     if k < 1:
@@ -302,118 +179,3 @@ def few_shot(ds: datasets.Dataset, k: int, seed: int) -> datasets.Dataset:
     for c in np.unique(labels):
         keep.extend(rng.permutation(np.flatnonzero(labels == c))[:k].tolist())
     return ds.select(sorted(keep))
-
-
-# ---------------------------------------------------------------- tokenization cache
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Atomically move a finished temp dir into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _tokenize_key(task: TaskData, tokenizer, max_length: int) -> str:
-    h = hashlib.sha256()
-    h.update(str(getattr(tokenizer, "name_or_path", "")).encode())
-    h.update(str(len(tokenizer)).encode())
-    h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True, default=str).encode())
-    backend = getattr(tokenizer, "backend_tokenizer", None)  # the full vocab + normaliser + post-processor
-    if backend is not None:
-        # Drop per-call state: each `tokenizer(..., truncation=True)` rewrites it and would change the key.
-        config = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
-        vocab = json.dumps(config, sort_keys=True)
-    else:
-        vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-    h.update(vocab.encode())
-    h.update(f"{max_length}|{task.fingerprint}".encode())
-    return h.hexdigest()[:32]
-
-
-def _head_tail(tokenizer, text: str, max_length: int) -> list[int]:
-    """Keep the first quarter and the last three quarters of the token budget (Sun et al. 2019, "How to
-    fine-tune BERT for text classification"): reviews and tickets tend to end with their verdict."""
-    enc = tokenizer(text, return_special_tokens_mask=True)
-    ids, special = enc["input_ids"], enc["special_tokens_mask"]
-    lead = next((i for i, s in enumerate(special) if not s), len(ids))  # [CLS] and the like
-    trail = next((i for i, s in enumerate(reversed(special)) if not s), 0)  # [SEP] and the like
-    body = ids[lead:len(ids) - trail]
-    budget = max_length - lead - trail
-    head = budget // 4
-    return ids[:lead] + body[:head] + body[len(body) - (budget - head):] + ids[len(ids) - trail:]
-
-
-def _encode(ds: datasets.Dataset, tokenizer, max_length: int, truncation: str = "head"
-            ) -> tuple[datasets.Dataset, dict]:
-    texts = list(ds["text"])  # datasets 4+ returns a lazy Column; the tokenizer wants a list
-    if not texts:  # a cross-validation refit has no validation rows
-        return ds, {"examples": 0, "truncated": 0, "max_length": max_length, "truncation": truncation,
-                       "median_tokens": 0.0, "p90_tokens": 0.0, "max_tokens": 0}
-    # Untruncated first, to measure what truncation cuts; re-encode only the long ones with truncation.
-    enc = tokenizer(texts, truncation=False, verbose=False)
-    ids, mask = list(enc["input_ids"]), list(enc["attention_mask"])
-    lengths = [len(x) for x in ids]
-    long = [i for i, n in enumerate(lengths) if n > max_length]
-    if long and truncation == "head_tail":
-        for i in long:
-            ids[i] = _head_tail(tokenizer, texts[i], max_length)
-            mask[i] = [1] * len(ids[i])
-    elif long:
-        cut = tokenizer([texts[i] for i in long], truncation=True, max_length=max_length)
-        for j, i in enumerate(long):
-            ids[i], mask[i] = cut["input_ids"][j], cut["attention_mask"][j]
-    out = datasets.Dataset.from_dict({"input_ids": ids, "attention_mask": mask, "labels": list(ds["label"])})
-    stats = {"examples": len(texts), "truncated": len(long), "max_length": max_length, "truncation": truncation,
-             "median_tokens": float(np.median(lengths)) if lengths else 0.0,
-             "p90_tokens": float(np.percentile(lengths, 90)) if lengths else 0.0,
-             "max_tokens": max(lengths, default=0)}
-    return out, stats
-
-
-def tokenize_splits(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None,
-                    truncation: str = "head") -> dict[str, datasets.Dataset]:
-    """Tokenized splits (input_ids unpadded, attention_mask, labels), cached per tokenizer/length/data.
-
-    truncation: "head" keeps the start of a long text; "head_tail" its first quarter and last three quarters.
-    """
-    final = _cache_path(task, tokenizer, max_length, cache_root, truncation)
-    splits = {"train": task.train, "validation": task.validation}
-    if task.test is not None:
-        splits["test"] = task.test
-    if not final.is_dir():
-        # Built in a temp dir and moved into place whole: concurrent trials never see half a cache.
-        tmp = final.parent / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        stats = {}
-        for name, ds in splits.items():
-            encoded, stats[name] = _encode(ds, tokenizer, max_length, truncation)
-            if len(encoded):  # an empty split (a cross-validation refit's validation) is not written
-                encoded.save_to_disk(str(tmp / name))
-        (tmp / "truncation.json").write_text(json.dumps(stats, indent=1))
-        _publish(tmp, final)
-    return {name: datasets.load_from_disk(str(final / name)) if (final / name).is_dir() else
-            datasets.Dataset.from_dict({"input_ids": [], "attention_mask": [], "labels": []}) for name in splits}
-
-
-def _cache_path(task: TaskData, tokenizer, max_length: int, cache_root: Path | None, truncation: str = "head"
-                ) -> Path:
-    root = Path(cache_root) if cache_root is not None else cache_dir()
-    (root / "tokenized").mkdir(parents=True, exist_ok=True)
-    key = _tokenize_key(task, tokenizer, max_length)
-    return root / "tokenized" / (key if truncation == "head" else f"{key}-{truncation}")
-
-
-def tokenized_key(task: TaskData, tokenizer, max_length: int, truncation: str = "head") -> str:
-    """Names the splits exactly as tokenized (tokenizer, length, truncation, data): a cache key for derived figures."""
-    return _tokenize_key(task, tokenizer, max_length) + f"-{truncation}"
-
-
-def truncation_stats(task: TaskData, tokenizer, max_length: int, cache_root: Path | None = None,
-                     truncation: str = "head") -> dict:
-    """Per split: examples, truncated (count longer than max_length), median/p90/max length in tokens."""
-    tokenize_splits(task, tokenizer, max_length, cache_root, truncation)  # a cache hit when already built
-    path = _cache_path(task, tokenizer, max_length, cache_root, truncation)
-    return json.loads((path / "truncation.json").read_text())

@@ -14,7 +14,7 @@ import torch
 
 from sweeps.spec import SweepSpec
 from sweeps.spec.params import TrialParams
-from sweeps.trial.data import labelled
+from sweeps.trial.data import labelled, tokenized
 
 _BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little padding, still shuffled
 
@@ -22,7 +22,7 @@ _BUCKET_BATCHES = 50  # length-sort within chunks of this many batches: little p
 def prepare_data(spec: SweepSpec, params: TrialParams, tokenizer, fold: int | None = None
                  ) -> tuple[labelled.TaskData, dict]:
     task = labelled.load_classification(spec.data, spec.seed, fold)
-    splits = labelled.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
+    splits = tokenized.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     if params.k_per_class:
         train = labelled.few_shot(task.train, params.k_per_class, spec.seed)
         keep = set(_row_keys(train))
@@ -218,7 +218,7 @@ class ClassificationTask:
         return {"kind": "linear-probe", "base": base_hash, "quantization": params.quantization,
                 "double_quant": params.double_quant, "pooling": params.pooling, "seed": self.spec.seed,
                 "k_per_class": params.k_per_class,
-                "tokens": labelled.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
+                "tokens": tokenized.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
 
     def save_extras(self, adapter_dir: Path) -> None:
         (adapter_dir / "labels.json").write_text(json.dumps(self.data.labels))
@@ -227,7 +227,7 @@ class ClassificationTask:
         d = self.spec.data
         return {"train_examples": len(self.splits["train"]), "validation_examples": len(self.splits["validation"]),
                 "labels": self.data.labels, "data_fingerprint": self.data.fingerprint,
-                "truncation": labelled.truncation_stats(self.data, self.tokenizer, d.max_length,
+                "truncation": tokenized.truncation_stats(self.data, self.tokenizer, d.max_length,
                                                         truncation=d.truncation),
                 "dropped_rows": dict(self.data.dropped)}
 
