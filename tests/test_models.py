@@ -16,7 +16,7 @@ from transformers import (
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory.meter import PeakMemory
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 
 
 def tiny_bert(num_labels: int = 3) -> BertForSequenceClassification:
@@ -186,7 +186,7 @@ def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
     assert type(model.classifier) is torch.nn.Linear and model.classifier.weight.dtype == torch.float32
     assert type(model.bert.pooler.dense) is torch.nn.Linear
     full = pretrained.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
-    assert pretrained.weight_bytes(model) < pretrained.weight_bytes(full)
+    assert precision.weight_bytes(model) < precision.weight_bytes(full)
     peft_model = lora.apply_peft(model, params, "classification", 3)
     peft_model.train()
     x = torch.randint(1, 100, (4, 9))
@@ -201,7 +201,7 @@ def test_quantized_bert_trains_with_head_unquantized(bert_dir, quant):
 
 def test_weight_bytes_and_content_hash(bert_dir):
     model = pretrained.load_base(bert_dir, "classification", 3, TrialParams(), "cpu")
-    assert pretrained.weight_bytes(model) == sum(t.numel() * t.element_size()
+    assert precision.weight_bytes(model) == sum(t.numel() * t.element_size()
                                              for t in list(model.parameters()) + list(model.buffers()))
     h1 = pretrained.content_hash(bert_dir)
     assert len(h1) == 64 and h1 == pretrained.content_hash(bert_dir)
@@ -209,7 +209,7 @@ def test_weight_bytes_and_content_hash(bert_dir):
 
 
 def test_detect_bf16_is_a_bool():
-    assert isinstance(pretrained.detect_bf16("cpu"), bool)
+    assert isinstance(precision.detect_bf16("cpu"), bool)
 
 
 def test_peak_memory_sees_an_allocation():

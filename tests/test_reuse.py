@@ -17,7 +17,7 @@ import torch
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, prefix, reuse
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def _trial(path: Path, params: TrialParams, fresh: bool) -> dict:
             prefix.attach(model, lora.lowest_block(model, params))
         else:
             model = reuse.base_for_trial(path, "classification", 3, params, "cpu", peak=pm)
-        weight_bytes = pretrained.weight_bytes(model)
+        weight_bytes = precision.weight_bytes(model)
         peft_model = lora.apply_peft(model, params, "classification", 3)
         opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
         peft_model.train()

@@ -368,7 +368,7 @@ def memory_account(p: dict) -> None:
     from sweeps.trial import loop as T
     from sweeps.trial.adapters import lora
     from sweeps.trial.memory import meter, reuse
-    from sweeps.trial.models import pretrained
+    from sweeps.trial.models import precision, pretrained
     from sweeps.trial.tasks.classify import length_batches
     from sweeps.trial.worker import release_memory
 
@@ -390,7 +390,7 @@ def memory_account(p: dict) -> None:
     T.seed_everything(spec.seed)
     with meter.PeakMemory("cpu") as pm:
         model = T.load_model(spec, params, base, tokenizer, task, "cpu", peak=pm)
-        weight_bytes = pretrained.weight_bytes(model)
+        weight_bytes = precision.weight_bytes(model)
         entry = reuse._SLOT.get("entry")
         model = lora.apply_peft(model, params, spec.task, task.num_labels)
         trainable, _ = lora.trainable_params(model)

@@ -74,9 +74,7 @@ def read_dir(path: Path, ref: str | None = None, name: str | None = None) -> Loc
         base = recorded.get("base", base)
         base_sha, why = _recorded_hash(recorded.get("base_sha256"), f"{BASE_FILE}")
     elif base and Path(base).is_dir():
-        from sweeps.trial.models.pretrained import (
-            content_hash,  # the training base is still on disk: hash what it holds now
-        )
+        from sweeps.trial.models.pretrained import content_hash
 
         base_sha = content_hash(Path(base))
     else:

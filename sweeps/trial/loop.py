@@ -25,7 +25,7 @@ from sweeps.trial import probe
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, reuse
 from sweeps.trial.memory.meter import PeakMemory
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 from sweeps.trial.tasks.classify import ClassificationTask, length_batches
 
 
@@ -72,7 +72,7 @@ def _set_threads() -> int:
 
 def _use_bf16(params: TrialParams, device: str) -> bool:
     if params.bf16 == "auto":
-        return pretrained.detect_bf16(device)
+        return precision.detect_bf16(device)
     return params.bf16 == "on"
 
 # ---------------------------------------------------------------- training
@@ -226,7 +226,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     extra: dict[str, float] = {}
     with PeakMemory(device) as pm:
         model = load_model(spec, params, base, tokenizer, task, device, peak=pm)
-        stats["base_weight_bytes"] = pretrained.weight_bytes(model)
+        stats["base_weight_bytes"] = precision.weight_bytes(model)
         _check_memory(params, pm, "after loading the base")
         probe_head = _probe_for(spec, params, model, task, device, base)
         model = lora.apply_peft(model, params, spec.task, task.num_labels)

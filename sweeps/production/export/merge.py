@@ -26,7 +26,7 @@ from sweeps.production import sources
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora, multi
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 
 log = logging.getLogger(__name__)
 EXPORT_FILE = "export.json"
@@ -78,7 +78,7 @@ def merge(found: sources.Located, quantization: str | None = None, device: str =
     params = TrialParams(pooling=found.pooling, **quant)
     labels = len(found.labels) if found.labels else None
     model = pretrained.load_base(base_path, found.task, labels, params, device)
-    model = pretrained.dequantized(model)
+    model = precision.dequantized(model)
     merged = multi.merge(lora.load_adapter(model, found.path))
     if found.labels:
         merged.config.id2label = dict(enumerate(found.labels))

@@ -29,7 +29,7 @@ import torch
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter, prefix
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 
 _HEADS = set(lora.HEAD_MODULES)
 
@@ -53,7 +53,7 @@ def enabled() -> bool:
 
 
 def _key(base, task: str, num_labels: int | None, params: TrialParams, device: str, revision: str | None) -> tuple:
-    qconfig = pretrained.quantization_config(params, device)
+    qconfig = precision.quantization_config(params, device)
     stamp = ()
     if Path(str(base)).is_dir():  # a model directory rewritten in place is a new base
         stamp = tuple(sorted((f.name, f.stat().st_mtime_ns) for f in Path(str(base)).iterdir() if f.is_file()))

@@ -24,7 +24,7 @@ from sweeps.spec.params import TrialParams
 from sweeps.trial import baseline
 from sweeps.trial.data import chat
 from sweeps.trial.data.chat import IGNORE
-from sweeps.trial.models import pretrained
+from sweeps.trial.models import precision, pretrained
 
 
 def _pad_rows(rows: list[dict], pad_id: int, device: str, packed: bool) -> dict[str, torch.Tensor]:
@@ -174,7 +174,7 @@ class InstructionTask:
         Shared by every trial and promotion on the same base, quantization and data through sweeps.baseline; a
         hub model named without a revision may change under its name, so its figures are not kept.
         """
-        qconfig = pretrained.quantization_config(self.params, device)
+        qconfig = precision.quantization_config(self.params, device)
         # The split as the model sees it, with its categories: this covers the data, the seed's split, the
         # tokenizer and its chat template (files that content_hash, over the weights only, does not read).
         seen = [(e.input_ids, e.labels, e.prompt_ids, c.category)
