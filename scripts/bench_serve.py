@@ -57,11 +57,11 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
     from peft import LoraConfig, TaskType, get_peft_model
 
     from sweeps.spec.params import TrialParams
-    from sweeps.trial.adapters import lora
+    from sweeps.trial.adapters import disk, targeting
     from sweeps.trial.models import pretrained
 
     model = pretrained.load_base(base_path, "classification", 3, TrialParams(), "cpu")
-    targets = lora.target_modules(model, "attention")
+    targets = targeting.target_modules(model, "attention")
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type=TaskType.SEQ_CLS,
                                             modules_to_save=["classifier"]))
     gen = torch.Generator().manual_seed(seed)
@@ -69,7 +69,7 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
         for name, p in peft.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
-    path = lora.save_adapter(peft, out)
+    path = disk.save_adapter(peft, out)
     (path / "labels.json").write_text(json.dumps(LABELS))
     return path
 

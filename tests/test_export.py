@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sweeps.cli import app
 from sweeps.production.export import merge
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk
 from sweeps.trial.models import pretrained
 
 IDS = torch.tensor([[1, 87, 85, 71, 84, 201, 84, 291, 270, 223, 272, 266], [1, 120, 90, 184, 123, 125, 161, 60, 158,
@@ -25,7 +25,7 @@ def llama(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("export")
     base = tiny_llama(root / "llama")
     model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
-    adapter = lora.save_adapter(random_lora(model, "instruction", seed=3, scale=0.5,
+    adapter = disk.save_adapter(random_lora(model, "instruction", seed=3, scale=0.5,
                                                 target=("q_proj", "k_proj", "v_proj", "o_proj", "up_proj")),
                                     root / "helpdesk")
     (adapter / "chat.json").write_text(json.dumps({"system_prompt": "be brief", "max_new_tokens": 32}))
@@ -33,7 +33,7 @@ def llama(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _base_plus_adapter(base: Path, adapter: Path, **params):
-    return lora.load_adapter(pretrained.load_base(base, "instruction", None, TrialParams(**params), "cpu"), adapter)
+    return disk.load_adapter(pretrained.load_base(base, "instruction", None, TrialParams(**params), "cpu"), adapter)
 
 
 def test_merged_model_logits_equal_base_plus_adapter(llama, tmp_path):
@@ -57,14 +57,14 @@ def test_merged_model_logits_equal_base_plus_adapter(llama, tmp_path):
 def test_merged_classifier_with_mean_pooling(tmp_path):
     base = tiny_bert(tmp_path / "bert")
     model = pretrained.load_base(base, "classification", 3, TrialParams(pooling="mean"), "cpu")
-    adapter = lora.save_adapter(random_lora(model, "classification", target=("query", "value"),
+    adapter = disk.save_adapter(random_lora(model, "classification", target=("query", "value"),
                                                 heads=("classifier",)), tmp_path / "cls")
     (adapter / "labels.json").write_text(json.dumps(["neg", "neu", "pos"]))
     merge.export(str(adapter), tmp_path / "out")
     ids = torch.tensor([[2, 4, 1, 3, 0, 0], [2, 1, 1, 4, 1, 3]])  # within any tiny vocab (ids 0-4 are specials)
     mask = (ids != 0).long()
     with torch.inference_mode():
-        want = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)(
+        want = disk.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)(
             input_ids=ids, attention_mask=mask).logits
         merged = merge.load_merged(tmp_path / "out")
         got = merged(input_ids=ids, attention_mask=mask).logits
@@ -81,7 +81,7 @@ def test_adapter_on_a_quantized_base_is_merged_into_the_dequantized_weights(tmp_
     base = tiny_llama(tmp_path / "llama")
     quant = {"quantization": "nf4", "compute_dtype": "float32"}
     model = pretrained.load_base(base, "instruction", None, TrialParams(**quant), "cpu")
-    adapter = lora.save_adapter(random_lora(model, "instruction", seed=5, scale=0.5), tmp_path / "qlora")
+    adapter = disk.save_adapter(random_lora(model, "instruction", seed=5, scale=0.5), tmp_path / "qlora")
     merge.export(str(adapter), tmp_path / "out", quantization="nf4")
     with torch.inference_mode():
         want = _base_plus_adapter(base, adapter, **quant)(input_ids=IDS).logits
@@ -150,7 +150,7 @@ def test_smollm2_adapter_gguf_runs_in_llama_cpp_with_pytorchs_greedy_tokens(tmp_
     base = pretrained.resolve_base(ModelSpec(base=spec))
     model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
     peft = random_lora(model, "instruction", seed=11, scale=0.01, rank=8).eval()
-    adapter = lora.save_adapter(peft, tmp_path / "a")
+    adapter = disk.save_adapter(peft, tmp_path / "a")
     sources.write_base_file(adapter, spec, pretrained.content_hash(base))  # as a registry version's tags record it
     summary = merge.export(str(adapter), tmp_path / "out", gguf=True)  # the default type, f16
     assert summary["gguf"]["tokenizer"] == "copied from SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -13,7 +13,7 @@ from sweeps.production import fusion as fusing
 from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.tracking import refs
-from sweeps.trial.adapters import lora, multi
+from sweeps.trial.adapters import disk
 from sweeps.trial.models import pretrained
 
 
@@ -26,7 +26,7 @@ def setup(tmp_path, monkeypatch):
     paths = []
     for seed, name in enumerate(["helpdesk", "legal"], 1):
         model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
-        paths.append(lora.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), tmp_path / name))
+        paths.append(disk.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), tmp_path / name))
     rows = [{"prompt": p, "response": r, "domain": d} for p, r, d in (
         (CORPUS[0], CORPUS[5], "helpdesk"), (CORPUS[1], CORPUS[2], "helpdesk"), (CORPUS[3], CORPUS[4], "legal"))]
     data = tmp_path / "mixed.jsonl"
@@ -71,7 +71,7 @@ def test_fuse_command_tracks_every_candidate_and_promotes_a_servable_adapter(set
     # The promoted candidate, downloaded from the registry, scores what its trial logged, and serves.
     engine = Engine([(None, "hd-legal@champion")], tracker=tracker)
     fusion = fusing.Fusion([str(p) for p in paths], fusing.read_rows(data))
-    multi.add_adapter(fusion.model, engine.slots["hd-legal"].found.path, "promoted")
+    disk.add_adapter(fusion.model, engine.slots["hd-legal"].found.path, "promoted")
     assert fusion.loss("promoted")["loss"] == pytest.approx(best.metrics["loss"], abs=1e-5)
     assert engine.submit_generate("hd-legal", "reset my password", 4).result(timeout=60)["tokens"]
     engine.close()
@@ -83,13 +83,13 @@ def test_classification_adapters_and_foreign_bases_are_refused(setup, tmp_path):
 
     base, paths, data = setup
     bert = tiny_bert(tmp_path / "bert")
-    heads = [lora.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
+    heads = [disk.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
                                                "classification", target=("query",), heads=("classifier",), seed=s),
                                    tmp_path / f"cls{s}") for s in (1, 2)]
     with pytest.raises(fusing.FusionError, match="trained head"):
         fusing.Fusion([str(p) for p in heads], fusing.read_rows(data))
     other = tiny_llama(tmp_path / "other", seed=9)
-    stranger = lora.save_adapter(random_lora(pretrained.load_base(other, "instruction", None, TrialParams(), "cpu"),
+    stranger = disk.save_adapter(random_lora(pretrained.load_base(other, "instruction", None, TrialParams(), "cpu"),
                                                  "instruction"), tmp_path / "stranger")
     with pytest.raises(fusing.FusionError, match="different"):
         fusing.Fusion([str(paths[0]), str(stranger)], fusing.read_rows(data))

@@ -25,7 +25,7 @@ from sweeps.production import sources
 from sweeps.production.serving.engine import Engine
 from sweeps.spec.params import TrialParams
 from sweeps.tracking import refs
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk
 from sweeps.trial.models import pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,12 +49,12 @@ def promoted(tmp_path_factory):
 
         tracker = Tracker()
         bert = tiny_bert(root / "bert")
-        cls = lora.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
+        cls = disk.save_adapter(random_lora(pretrained.load_base(bert, "classification", 3, TrialParams(), "cpu"),
                                                 "classification", target=("query", "value"), seed=1,
                                                 heads=("classifier",)), root / "reviews")
         (cls / "labels.json").write_text(json.dumps(LABELS))
         llama = tiny_llama(root / "llama")
-        gen = lora.save_adapter(random_lora(pretrained.load_base(llama, "instruction", None, TrialParams(), "cpu"),
+        gen = disk.save_adapter(random_lora(pretrained.load_base(llama, "instruction", None, TrialParams(), "cpu"),
                                                 "instruction", seed=2, scale=0.5), root / "helpdesk")
         (gen / "chat.json").write_text(json.dumps({"system_prompt": "be brief", "max_new_tokens": 5}))
         for name, base, adapter, task in (("reviews", bert, cls, "classification"),

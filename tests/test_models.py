@@ -14,7 +14,7 @@ from transformers import (
 )
 
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk, lora, targeting
 from sweeps.trial.memory.meter import PeakMemory
 from sweeps.trial.models import precision, pretrained
 
@@ -43,7 +43,7 @@ def tiny_gpt2(num_labels: int = 3) -> GPT2ForSequenceClassification:
 def _rel(names):  # "bert.encoder.layer.1.attention.self.query" -> (1, "attention.self.query")
     out = set()
     for n in names:
-        m = lora._BLOCK.match(n)
+        m = targeting._BLOCK.match(n)
         out.add((int(m.group(1)), m.group(2)))
     return out
 
@@ -61,19 +61,19 @@ EXPECTED = {
 def test_groups_resolve_on_full_names(family):
     build, attn, ffn = EXPECTED[family]
     model = build()
-    got_attn = _rel(lora.target_modules(model, "attention", "all"))
-    got_ffn = _rel(lora.target_modules(model, "ffn", "all"))
-    got_all = _rel(lora.target_modules(model, "all-linear", "all"))
+    got_attn = _rel(targeting.target_modules(model, "attention", "all"))
+    got_ffn = _rel(targeting.target_modules(model, "ffn", "all"))
+    got_all = _rel(targeting.target_modules(model, "all-linear", "all"))
     assert got_attn == {(i, p) for i in range(2) for p in attn}
     assert got_ffn == {(i, p) for i in range(2) for p in ffn}
     assert got_attn.isdisjoint(got_ffn)
     assert got_all == got_attn | got_ffn
-    for name in lora.target_modules(model, "all-linear", "all"):
+    for name in targeting.target_modules(model, "all-linear", "all"):
         assert not any(h in name.split(".") for h in ("classifier", "score", "pooler"))
 
 
 def test_bert_output_dense_is_not_attention_output():
-    ffn = lora.target_modules(tiny_bert(), "ffn", "all")
+    ffn = targeting.target_modules(tiny_bert(), "ffn", "all")
     assert "bert.encoder.layer.0.output.dense" in ffn
     assert not any("attention" in n for n in ffn)
 
@@ -81,13 +81,13 @@ def test_bert_output_dense_is_not_attention_output():
 @pytest.mark.parametrize("layers,blocks", [("0", {0}), ("1", {1}), ("0-1", {0, 1}), ("lower-half", {0}),
                                            ("upper-half", {1}), ("all", {0, 1})])
 def test_layer_ranges(layers, blocks):
-    names = lora.target_modules(tiny_llama(), "attention", layers)
+    names = targeting.target_modules(tiny_llama(), "attention", layers)
     assert {b for b, _ in _rel(names)} == blocks
 
 
 def test_layer_range_out_of_bounds():
-    with pytest.raises(lora.TargetError, match="2 blocks"):
-        lora.target_modules(tiny_bert(), "attention", "0-5")
+    with pytest.raises(targeting.TargetError, match="2 blocks"):
+        targeting.target_modules(tiny_bert(), "attention", "0-5")
 
 
 def test_unknown_architecture_lists_linear_names():
@@ -99,8 +99,8 @@ def test_unknown_architecture_lists_linear_names():
                                                                     "fc_out": torch.nn.Linear(4, 4)})])
             self.head = torch.nn.Linear(4, 2)
 
-    with pytest.raises(lora.TargetError) as err:
-        lora.target_modules(Odd(), "attention", "all")
+    with pytest.raises(targeting.TargetError) as err:
+        targeting.target_modules(Odd(), "attention", "all")
     msg = str(err.value)
     assert "oddformer" in msg and "fc_in" in msg and "fc_out" in msg and "head" in msg
     assert msg.count("fc_in") == 1  # deduplicated
@@ -125,7 +125,7 @@ def test_apply_peft_trainable_arithmetic(method, family):
     build = EXPECTED[family][0]
     model = build()
     params = TrialParams(method=method, rank=4, target="all-linear")
-    names = lora.target_modules(model, "all-linear", "all")
+    names = targeting.target_modules(model, "all-linear", "all")
     expected = _lora_count(model, names, 4, dora=method == "dora")
     head = {"bert": ["classifier", "bert.pooler"], "llama": ["score"], "gpt2": ["score"]}[family]
     mods = dict(model.named_modules())
@@ -148,20 +148,20 @@ def test_save_and_load_adapter_reproduce_logits(tmp_path):
     model.eval()
     x = torch.randint(1, 100, (2, 7))
     expected = model(input_ids=x).logits
-    out = lora.save_adapter(model, tmp_path / "adapter")
+    out = disk.save_adapter(model, tmp_path / "adapter")
     files = {p.name for p in out.iterdir()}
     assert "adapter_model.safetensors" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
-    loaded = lora.load_adapter(tiny_bert(), out).eval()
+    loaded = disk.load_adapter(tiny_bert(), out).eval()
     torch.testing.assert_close(loaded(input_ids=x).logits, expected)
 
 
 def test_load_adapter_refuses_pickles(tmp_path):
     model = lora.apply_peft(tiny_bert(), TrialParams(rank=2), "classification", 3)
-    out = lora.save_adapter(model, tmp_path / "adapter")
+    out = disk.save_adapter(model, tmp_path / "adapter")
     (out / "adapter_model.bin").write_bytes(b"not really a pickle")
     with pytest.raises(ValueError, match="pickle"):
-        lora.load_adapter(tiny_bert(), out)
+        disk.load_adapter(tiny_bert(), out)
 
 
 # ---------------------------------------------------------------- bitsandbytes on CPU

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import lora, targeting
 from sweeps.trial.memory import meter, prefix, reuse
 from sweeps.trial.models import precision, pretrained
 
@@ -70,7 +70,7 @@ def _trial(path: Path, params: TrialParams, fresh: bool) -> dict:
     with meter.PeakMemory("cpu") as pm:
         if fresh:
             model = pretrained.load_base(path, "classification", 3, params, "cpu")
-            prefix.attach(model, lora.lowest_block(model, params))
+            prefix.attach(model, targeting.lowest_block(model, params))
         else:
             model = reuse.base_for_trial(path, "classification", 3, params, "cpu", peak=pm)
         weight_bytes = precision.weight_bytes(model)

@@ -20,7 +20,7 @@ from sweeps.production.serving.engine import Engine, Limits
 from sweeps.production.serving.http import Background
 from sweeps.production.sources import SourceError
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk
 from sweeps.trial.models import pretrained
 
 LABELS = ["negative", "neutral", "positive"]
@@ -31,7 +31,7 @@ TEXTS = ["great relief and i love it", "awful pain and nausea", "okay i guess, m
 def _cls_adapter(base: Path, out: Path, seed: int) -> Path:
     model = pretrained.load_base(base, "classification", 3, TrialParams(), "cpu")
     peft = random_lora(model, "classification", target=("query", "value"), seed=seed, heads=("classifier",))
-    path = lora.save_adapter(peft, out)
+    path = disk.save_adapter(peft, out)
     (path / "labels.json").write_text(json.dumps(LABELS))
     return path
 
@@ -55,7 +55,7 @@ def cls(tmp_path_factory):
 
 def offline_scores(base: Path, adapter: Path, texts: list[str]) -> list[list[float]]:
     """What the adapter predicts on its own, loaded the way a trial evaluates it (no server, no batching)."""
-    model = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)
+    model = disk.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), adapter)
     tok = pretrained.load_tokenizer(base)
     with torch.inference_mode():
         out = []
@@ -185,7 +185,7 @@ def test_reload_and_alias_polling_swap_the_adapter_without_restart(cls, store, t
 
 def _causal_adapter(base: Path, out: Path, seed: int, chat: dict | None = None) -> Path:
     model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
-    path = lora.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), out)
+    path = disk.save_adapter(random_lora(model, "instruction", seed=seed, scale=0.5), out)
     if chat:
         (path / "chat.json").write_text(json.dumps(chat))
     return path
@@ -200,7 +200,7 @@ def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path, closi
     engine = closing(Engine([(n, str(p)) for n, p in paths.items()], limits=Limits(max_wait_ms=50)))
     expected = {}
     for name, path in paths.items():  # offline: each adapter alone, one prompt at a time, no padding
-        model = lora.load_adapter(pretrained.load_base(base, "instruction", None, TrialParams(), "cpu"), path)
+        model = disk.load_adapter(pretrained.load_base(base, "instruction", None, TrialParams(), "cpu"), path)
         for p in prompts:
             ids = torch.tensor([engine.render(p, "be brief" if name == "helpdesk" else None)])
             out = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -223,14 +223,14 @@ def test_generate_mixed_batch_equals_each_adapters_greedy_output(tmp_path, closi
 
 
 def test_grouped_mixed_batches_equal_pefts_own_mixed_forward(cls):
-    from sweeps.trial.adapters import multi
+    from sweeps.trial.adapters import disk, multi
 
     base, paths = cls
     ids = torch.tensor([[2, 4, 1, 3, 0], [2, 1, 1, 3, 0], [2, 1, 4, 1, 3], [2, 3, 0, 0, 0]])
     mask = (ids != 0).long()
-    model = lora.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), paths["reviews"],
+    model = disk.load_adapter(pretrained.load_base(base, "classification", 3, TrialParams(), "cpu"), paths["reviews"],
                                   "a")
-    multi.add_adapter(model, paths["legal"], "b")
+    disk.add_adapter(model, paths["legal"], "b")
     model.eval()
     grouped, interleaved = ["a", "a", "b", "b"], ["a", "b", "a", "b"]
     with torch.inference_mode():

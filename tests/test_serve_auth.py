@@ -26,7 +26,7 @@ from sweeps.production.serving.engine import Engine
 from sweeps.production.serving.http import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
 from sweeps.production.sources import UnverifiedBase
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk
 from sweeps.trial.models import pretrained
 
 TOKEN = "s3cret-token-of-the-team"
@@ -148,7 +148,7 @@ def bert(tmp_path_factory):
     root = tmp_path_factory.mktemp("hardening")
     base = tiny_bert(root / "base")
     model = pretrained.load_base(base, "classification", 3, TrialParams(), "cpu")
-    path = lora.save_adapter(random_lora(model, "classification", target=("query", "value"),
+    path = disk.save_adapter(random_lora(model, "classification", target=("query", "value"),
                                              heads=("classifier",)), root / "reviews")
     (path / "labels.json").write_text(json.dumps(["neg", "neu", "pos"]))
     return base, path
@@ -211,7 +211,7 @@ def test_unverified_base_is_refused_by_fuse_unless_allowed(tmp_path):
     paths = []
     for seed in (1, 2):
         model = pretrained.load_base(base, "instruction", None, TrialParams(), "cpu")
-        paths.append(lora.save_adapter(random_lora(model, "instruction", seed=seed), tmp_path / f"a{seed}"))
+        paths.append(disk.save_adapter(random_lora(model, "instruction", seed=seed), tmp_path / f"a{seed}"))
     paths[1] = _unverifiable(paths[1], tmp_path / "unverified", base)
     rows = [{"prompt": "reset my password", "response": "Use the reset page."}]
     with pytest.raises(UnverifiedBase, match="unverified"):

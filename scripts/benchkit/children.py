@@ -115,14 +115,14 @@ def plain(p: dict) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from sweeps.spec import load_spec
-    from sweeps.trial.adapters import lora
+    from sweeps.trial.adapters import targeting
 
     spec = load_spec(p["spec"])
     params = spec.trial_params(p["config"])
     base, tokenizer, task, splits = _train_split(spec)
     torch.manual_seed(spec.seed)
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=len(task.labels))
-    targets = lora.target_modules(model, params.target, params.layers)  # the same modules as our trial
+    targets = targeting.target_modules(model, params.target, params.layers)  # the same modules as our trial
     model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=params.rank, lora_alpha=params.lora_alpha(),
                                              lora_dropout=params.dropout, target_modules=targets))
     rows = list(splits["train"]["input_ids"])

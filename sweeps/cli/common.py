@@ -91,7 +91,7 @@ def fmt(value: Any) -> str:
 def input_errors() -> tuple[type[Exception], ...]:
     """Problems with the user's data, model or targets: reported in one line, exit 2, nothing created."""
     from sweeps.bundled import BundledNotFound
-    from sweeps.trial.adapters.lora import TargetError
+    from sweeps.trial.adapters.targeting import TargetError
     from sweeps.trial.data.reading import DataError
 
     return DataError, TargetError, BundledNotFound

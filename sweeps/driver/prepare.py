@@ -33,7 +33,7 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     Trials then only read caches: N concurrent workers never race to build the same cache, and a bad data
     file fails the sweep before a single trial is proposed.
     """
-    from sweeps.trial.adapters import lora
+    from sweeps.trial.adapters import targeting
     from sweeps.trial.data import labelled, tokenized
     from sweeps.trial.models import pretrained
 
@@ -42,7 +42,7 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
     if spec.task == "instruction":
         return _prepare_instruction(spec, base, tokenizer)
     task = labelled.load_classification(spec.data, spec.seed)
-    check_targets(spec, pretrained.skeleton(base, spec.task, len(task.labels)), lora.target_modules)
+    check_targets(spec, pretrained.skeleton(base, spec.task, len(task.labels)), targeting.target_modules)
     tokenized.tokenize_splits(task, tokenizer, spec.data.max_length, truncation=spec.data.truncation)
     stats = tokenized.truncation_stats(task, tokenizer, spec.data.max_length,
                                              truncation=spec.data.truncation)
@@ -52,7 +52,7 @@ def prepare(spec: SweepSpec) -> dict[str, Any]:
 
 
 def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str, Any]:
-    from sweeps.trial.adapters import lora
+    from sweeps.trial.adapters import targeting
     from sweeps.trial.data import chat
     from sweeps.trial.models import pretrained
 
@@ -63,7 +63,7 @@ def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str
     if "routing_accuracy" in spec.metric_names() and not chats.categories:
         raise chat.DataError(f"{spec.data.source}: no values in column {spec.data.category_column!r} "
                              "(data.category_column), which objective routing_accuracy scores")
-    check_targets(spec, pretrained.skeleton(base, spec.task, None), lora.target_modules)
+    check_targets(spec, pretrained.skeleton(base, spec.task, None), targeting.target_modules)
     stats = {split: chat.encode_split(getattr(chats, split), tokenizer, spec.data, split)[2]
              for split in ("train", "validation", "test") if getattr(chats, split)}
     return {"base": str(base), "labels": chats.categories, "truncation": stats,

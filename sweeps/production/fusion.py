@@ -28,7 +28,8 @@ from sweeps import store
 from sweeps.production import sources
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora, multi
+from sweeps.trial.adapters import config as adapter_config
+from sweeps.trial.adapters import disk, multi
 from sweeps.trial.models import pretrained
 
 DEFAULT_METHODS = ("linear", "cat", "ties", "dare_ties")
@@ -87,14 +88,14 @@ class Fusion:
         self.chat = self.found[0].chat
         model = pretrained.load_base(base_path, "instruction", None, TrialParams(), device)
         self.names = [f"src{i}" for i in range(len(self.found))]  # PEFT adapter names: no dots, always unique
-        self.model = lora.load_adapter(model, self.found[0].path, self.names[0])
+        self.model = disk.load_adapter(model, self.found[0].path, self.names[0])
         for name, f in zip(self.names[1:], self.found[1:], strict=True):
-            multi.add_adapter(self.model, f.path, name)
+            disk.add_adapter(self.model, f.path, name)
         self.model.eval()
         self.examples = [self._encode(r, max_length) for r in rows]
         if not self.examples:
             raise FusionError("the validation data has no rows")
-        self.ranks = {f.config.get("r") for f in self.found}
+        self.ranks = {adapter_config.config_rank(f.config) for f in self.found}
 
     def _encode(self, row: dict, max_length: int) -> Example:
         if not row.get("prompt") or not row.get("response"):
@@ -119,7 +120,7 @@ class Fusion:
     @torch.inference_mode()
     def loss(self, adapter: str, examples: list[Example] | None = None, batch_size: int = 8) -> dict[str, float]:
         """Mean per-token loss of the responses, overall and per domain."""
-        self.model.set_adapter(adapter)
+        multi.activate(self.model, adapter)
         examples = self.examples if examples is None else examples
         sums: dict[str, list[float]] = {}
         for start in range(0, len(examples), batch_size):
@@ -148,11 +149,10 @@ class Fusion:
         multi.combine(self.model, self.names, weights, method, name, density)
 
     def drop(self, name: str) -> None:
-        self.model.set_adapter(self.names[0])
-        self.model.delete_adapter(name)
+        multi.remove(self.model, name, keep_active=self.names[0])
 
     def save(self, name: str, out_dir: Path, extra: dict) -> Path:
-        path = multi.save_named(self.model, name, out_dir)
+        path = disk.save_named(self.model, name, out_dir)
         sources.write_base_file(path, self.base_spec, self.base_sha256)
         if self.chat:
             (path / "chat.json").write_text(json.dumps(self.chat, indent=2))
@@ -198,7 +198,7 @@ def search(fusion: Fusion, name: str, methods: list[str], n_trials: int, seed: i
             tracker.finish_trial(run_id, "FAILED", reason=f"{type(exc).__name__}: {exc}")
             raise
         finally:
-            if cand in fusion.model.peft_config:
+            if multi.has_adapter(fusion.model, cand):
                 fusion.drop(cand)
         return metrics["loss"]
 
@@ -216,7 +216,7 @@ def promote(fusion: Fusion, result: dict, model_name: str, tracker, test_rows: l
     test = None
     if test_rows:  # the registered artifact itself (downloaded and verified) is what gets the test score
         with tempfile.TemporaryDirectory() as tmp:
-            multi.add_adapter(fusion.model, tracker.download_adapter(result["run_id"], Path(tmp)), "promoted")
+            disk.add_adapter(fusion.model, tracker.download_adapter(result["run_id"], Path(tmp)), "promoted")
             test = fusion.loss("promoted", [fusion._encode(r, 512) for r in test_rows])
             fusion.drop("promoted")
     lineage = {"sweep": result["name"], "trial_number": str(result["trial_number"]), "task": "instruction",

@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# adapter_config.json's task_type -> our task names
-_TASKS = {"SEQ_CLS": "classification", "CAUSAL_LM": "instruction"}
+from sweeps.trial.adapters import config as adapter_config
+
 BASE_FILE = "base.json"  # written beside adapters made by export/fuse: {"base": ..., "base_sha256": ...}
 
 
@@ -42,14 +42,13 @@ class Located:
 
     @property
     def pooling(self) -> str:
-        # trial.py swaps BERT's pooler for a weightless mean pooler unless pooling=cls; only the dense CLS
-        # pooler has weights, so it is in modules_to_save exactly when the adapter was trained with cls pooling.
-        return "cls" if "pooler" in (self.config.get("modules_to_save") or []) else "mean"
+        return adapter_config.config_pooling(self.config)
 
     def describe(self) -> dict:
         return {"ref": self.ref, "name": self.name, "task": self.task, "version": self.version,
                 "run_id": self.run_id, "base": self.base, "base_sha256": self.base_sha256,
-                "labels": self.labels, "rank": self.config.get("r"), "base_verified": self.base_unverified is None}
+                "labels": self.labels, "rank": adapter_config.config_rank(self.config),
+                "base_verified": self.base_unverified is None}
 
 
 def is_directory(ref: str) -> bool:
@@ -59,16 +58,15 @@ def is_directory(ref: str) -> bool:
 def read_dir(path: Path, ref: str | None = None, name: str | None = None) -> Located:
     """Describe an adapter directory (no weights loaded). Base hash: base.json, else the config's base path."""
     path = Path(path).expanduser().resolve()
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file() or not (path / "adapter_model.safetensors").is_file():
-        raise SourceError(f"{path} is not a PEFT adapter: it needs adapter_config.json and "
-                          "adapter_model.safetensors (only safetensors adapters are loaded)")
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    task = _TASKS.get(config.get("task_type") or "")
+    if not adapter_config.is_adapter_dir(path):
+        raise SourceError(f"{path} is not a PEFT adapter: it needs {adapter_config.CONFIG} and "
+                          f"{adapter_config.WEIGHTS} (only safetensors adapters are loaded)")
+    config = adapter_config.read_config(path)
+    task = adapter_config.config_task(config)
     if task is None:
         raise SourceError(f"{path}: task_type {config.get('task_type')!r} is not served (allowed: "
-                          f"{', '.join(_TASKS)})")
-    base, base_sha, why = config.get("base_model_name_or_path"), None, None
+                          f"{', '.join(adapter_config.TASKS)})")
+    base, base_sha, why = adapter_config.config_base(config), None, None
     if (path / BASE_FILE).is_file():
         recorded = json.loads((path / BASE_FILE).read_text(encoding="utf-8"))
         base = recorded.get("base", base)

@@ -22,7 +22,7 @@ import torch
 from sweeps.spec import SweepSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial import probe
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import disk, lora
 from sweeps.trial.memory import meter, reuse
 from sweeps.trial.memory.meter import PeakMemory
 from sweeps.trial.models import precision, pretrained
@@ -96,8 +96,7 @@ def _check_memory(params: TrialParams, pm: PeakMemory, where: str) -> None:
 
 def _optimizer(model, params: TrialParams, total_steps: int):
     trainable = [p for p in model.parameters() if p.requires_grad]
-    # PEFT names the fully trained head copies `...modules_to_save...`: they get their own learning rate.
-    head = [p for n, p in model.named_parameters() if p.requires_grad and "modules_to_save" in n]
+    head = lora.head_parameters(model)  # the fully trained head copies get their own learning rate
     head_ids = {id(p) for p in head}
     groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": params.learning_rate}]
     if head:
@@ -239,12 +238,12 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
             extra = {f"zero_shot_{k}": v for k, v in zero.items()}
         history = _train(model, task, params, spec, device, bf16, pm, report, stats)
     _check_memory(params, pm, "at the end of training")
-    adapter_dir = lora.save_adapter(model, Path(out_dir) / "adapter")
+    adapter_dir = disk.save_adapter(model, Path(out_dir) / "adapter")
     task.save_extras(adapter_dir)
     tables = {}
     if spec.task == "instruction" and spec.data.generation_examples:
         tables["generations.json"] = task.table(before, task.generations(model, device))
-    target_modules = sorted(model.peft_config["default"].target_modules)
+    target_modules = lora.target_names(model)
     if fold not in (None, "all"):  # a cross-validation fit: its out-of-fold predictions, in row order
         tables["predictions"] = dict(zip(("y_true", "y_pred"), task.predict(model, device, bf16), strict=True))
     reuse.release(model)  # the base waits for this worker's next trial; a failed trial's is cleaned up then
@@ -279,7 +278,7 @@ def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, sp
             task.data.labels:
         raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has "
                          f"{task.data.labels}")
-    model = lora.load_adapter(load_model(spec, params, base, tokenizer, task, device), adapter_dir)
+    model = disk.load_adapter(load_model(spec, params, base, tokenizer, task, device), adapter_dir)
     bf16 = _use_bf16(params, device)
     metrics = task.evaluate(model, device, bf16, split)
     if spec.task == "instruction":

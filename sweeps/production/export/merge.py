@@ -25,7 +25,7 @@ from sweeps import bundled
 from sweeps.production import sources
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora, multi
+from sweeps.trial.adapters import disk, multi
 from sweeps.trial.models import precision, pretrained
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def merge(found: sources.Located, quantization: str | None = None, device: str =
     labels = len(found.labels) if found.labels else None
     model = pretrained.load_base(base_path, found.task, labels, params, device)
     model = precision.dequantized(model)
-    merged = multi.merge(lora.load_adapter(model, found.path))
+    merged = multi.merge(disk.load_adapter(model, found.path))
     if found.labels:
         merged.config.id2label = dict(enumerate(found.labels))
         merged.config.label2id = {label: i for i, label in enumerate(found.labels)}

@@ -28,7 +28,7 @@ from sweeps.production import sources
 from sweeps.production.serving.batcher import Batcher, Job
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora, multi
+from sweeps.trial.adapters import multi
 from sweeps.trial.models import pretrained
 
 log = logging.getLogger(__name__)
@@ -152,11 +152,7 @@ class Engine:
         """Load the adapter under a fresh internal name (the caller holds the lock once serving has begun)."""
         self._count += 1
         internal = _internal(found.name, self._count)
-        if hasattr(self.model, "peft_config"):  # already a PeftModel: add beside the others
-            multi.add_adapter(self.model, found.path, internal)
-        else:
-            self.model = lora.load_adapter(self.model, found.path, internal)
-            self.model.eval()
+        self.model = multi.attach(self.model, found.path, internal)
         multi.grouped_mixed_batches(self.model)  # again per adapter: a new one may wrap new layers
         self.slots[found.name] = slot = Slot(found, internal)
         return slot
@@ -179,8 +175,7 @@ class Engine:
             raise sources.SourceError(f"{found.ref} has other labels or pooling than the served {name!r}")
         with self._lock:
             new = self._attach(found)
-            self.model.set_adapter(new.internal)  # never delete the active adapter (PEFT warns and re-picks)
-            self.model.delete_adapter(slot.internal)
+            multi.remove(self.model, slot.internal, keep_active=new.internal)
         self.stats["reloads"] += 1
         return {"adapter": name, "changed": True, "version": new.found.version, "previous": old.version,
                 "seconds": time.perf_counter() - started}
@@ -268,17 +263,11 @@ class Engine:
             results[position] = result
         return results
 
-    def _adapter_kwargs(self, names: list[str]) -> dict:
-        if len(set(names)) == 1:
-            self.model.set_adapter(names[0])
-            return {}
-        return {"adapter_names": names}  # PEFT routes each row through its own adapter in one forward
-
     def _classify(self, batch: list[Job], names: list[str]) -> list[dict]:
         enc = self.tokenizer([j.payload["text"] for j in batch], padding=True, truncation=True,
                              max_length=self.limits.max_length, return_tensors="pt").to(self.device)
         logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                            **self._adapter_kwargs(names)).logits.float()
+                            **multi.route(self.model, names)).logits.float()
         probs = torch.softmax(logits, dim=-1).cpu().tolist()
         out = []
         for job, row in zip(batch, probs, strict=True):
@@ -301,7 +290,7 @@ class Engine:
         steps = max(j.payload["max_new_tokens"] for j in batch)
         out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                   max_new_tokens=steps, do_sample=False, pad_token_id=pad,
-                                  **self._adapter_kwargs(names))
+                                  **multi.route(self.model, names))
         eos = self.model.generation_config.eos_token_id
         stops = set(eos if isinstance(eos, list) else [eos]) - {None}
         results = []

@@ -1,8 +1,10 @@
-"""Many adapters on one base model: load more, combine (fusion), save one, merge, and fast mixed batches.
+"""Many adapters on one base model: attach more, switch and route between them, combine (fusion), merge, and fast
+mixed-adapter batches.
 
-Everything here works on a PeftModel built by sweeps.adapters (the one module importing peft) through the
-model's own methods; the safetensors-only rule of adapters.load_adapter applies to every adapter loaded here.
-Used by sweep serve (serving.py), sweep fuse (fuse.py) and sweep export (export.py).
+Everything here works on a PeftModel built by this folder (lora.py, disk.py) through PEFT's own methods, except
+`grouped_mixed_batches`, which replaces PEFT's private per-sample forward of LoRA layers: it lives here, with the
+rest of what knows PEFT's internals. Used by sweep serve (production/serving), sweep fuse (production/fusion.py)
+and sweep export (production/export).
 """
 
 from __future__ import annotations
@@ -10,16 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from peft.tuners.lora import LoraLayer
 
-from sweeps.trial.adapters.lora import _check_safetensors
-
-
-def add_adapter(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str) -> None:
-    """Load one more adapter next to those already on `model` (same safetensors-only rule)."""
-    path = Path(adapter_dir)
-    _check_safetensors(path)
-    model.load_adapter(str(path), adapter_name=adapter_name, is_trainable=False, use_safetensors=True)
-
+from sweeps.trial.adapters import disk
 
 # PEFT's weighted combinations. The plain task-arithmetic forms (linear, ties, dare_*) combine the A and B factors
 # separately and need equal ranks; cat stacks the factors (exact sum of the deltas, rank adds up); the *_svd forms
@@ -30,27 +26,47 @@ USES_DENSITY = {"ties", "dare_linear", "dare_ties", "magnitude_prune", "ties_svd
                 "dare_ties_svd"}
 
 
+def attach(model: torch.nn.Module, adapter_dir: str | Path, adapter_name: str) -> PeftModel:
+    """`model` with one more adapter: the first one turns the base into a PeftModel (inference mode), later ones
+    are loaded beside the others. Returns the model to use from now on."""
+    if hasattr(model, "peft_config"):  # already a PeftModel
+        disk.add_adapter(model, adapter_dir, adapter_name)
+        return model
+    model = disk.load_adapter(model, adapter_dir, adapter_name)
+    model.eval()
+    return model
+
+
+def has_adapter(model: torch.nn.Module, adapter_name: str) -> bool:
+    return adapter_name in getattr(model, "peft_config", {})
+
+
+def activate(model: PeftModel, adapter_name: str) -> None:
+    model.set_adapter(adapter_name)
+
+
+def remove(model: PeftModel, adapter_name: str, keep_active: str) -> None:
+    """Delete an adapter after making `keep_active` the active one: PEFT warns when the active adapter is deleted
+    and picks another itself."""
+    model.set_adapter(keep_active)
+    model.delete_adapter(adapter_name)
+
+
+def route(model: PeftModel, names: list[str]) -> dict:
+    """Forward kwargs that send row i of a batch through adapter names[i]: one adapter is made the active one;
+    several go as PEFT's per-sample `adapter_names`, in one forward."""
+    if len(set(names)) == 1:
+        model.set_adapter(names[0])
+        return {}
+    return {"adapter_names": names}
+
+
 def combine(model: torch.nn.Module, names: list[str], weights: list[float], method: str, new_name: str,
             density: float | None = None) -> None:
     if method not in COMBINATIONS:
         raise ValueError(f"unknown combination {method!r}; allowed: {', '.join(COMBINATIONS)}")
     model.add_weighted_adapter(names, [float(w) for w in weights], new_name, combination_type=method,
                                density=density if method in USES_DENSITY else None)
-
-
-def save_named(model: torch.nn.Module, adapter_name: str, out_dir: str | Path) -> Path:
-    """Save one of several loaded adapters as a standalone adapter directory (PEFT nests non-default names)."""
-    out = Path(out_dir)
-    model.save_pretrained(str(out), selected_adapters=[adapter_name], safe_serialization=True)
-    nested = out / adapter_name
-    if adapter_name != "default" and nested.is_dir():
-        for item in nested.iterdir():
-            item.replace(out / item.name)
-        nested.rmdir()
-    config = out / "adapter_config.json"
-    if not config.is_file() or not (out / "adapter_model.safetensors").is_file():
-        raise RuntimeError(f"{out}: adapter {adapter_name!r} was not written")
-    return out
 
 
 def merge(model: torch.nn.Module) -> torch.nn.Module:
@@ -72,7 +88,8 @@ def _runs(names: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
-def _segment_forward(layer: torch.nn.Module, original):
+def _segment_forward(layer: LoraLayer, original):
+    """PEFT's `_mixed_batch_forward` of a LoRA Linear (peft 0.21), for rows grouped by adapter: slices, not copies."""
     def forward(x: torch.Tensor, *args, adapter_names: list[str], **kwargs):
         runs = _runs(adapter_names)
         if len(runs) != len(set(adapter_names)) or any(n in layer.lora_variant for n, _, _ in runs) or \
@@ -98,10 +115,9 @@ def _segment_forward(layer: torch.nn.Module, original):
 
 
 def _is_lora_linear(module: torch.nn.Module) -> bool:
-    # PEFT's LoRA Linear (and its bitsandbytes subclasses) wrap an nn.Linear as base_layer; recognised by shape
-    # rather than class so that peft stays imported by sweeps/adapters.py alone.
-    return (isinstance(getattr(module, "base_layer", None), torch.nn.Linear) and hasattr(module, "lora_A")
-            and hasattr(module, "_mixed_batch_forward") and hasattr(module, "lora_variant"))
+    # PEFT's LoRA Linear and its bitsandbytes subclasses (Linear8bitLt, Linear4bit) wrap an nn.Linear as base_layer;
+    # LoRA embeddings and convolutions keep PEFT's own path.
+    return isinstance(module, LoraLayer) and isinstance(getattr(module, "base_layer", None), torch.nn.Linear)
 
 
 def grouped_mixed_batches(model: torch.nn.Module) -> int:

@@ -27,11 +27,11 @@ from typing import Any
 import torch
 
 from sweeps.spec.params import TrialParams
-from sweeps.trial.adapters import lora
+from sweeps.trial.adapters import lora, targeting
 from sweeps.trial.memory import meter, prefix
 from sweeps.trial.models import precision, pretrained
 
-_HEADS = set(lora.HEAD_MODULES)
+_HEADS = set(targeting.HEAD_MODULES)
 
 
 @dataclass
@@ -110,8 +110,8 @@ def _blocks(model: Any, task: str, params: TrialParams) -> int | None:
     if task != "classification" or not prefix.enabled():
         return None
     try:
-        return lora.lowest_block(model, params)
-    except lora.TargetError:  # apply_peft reports it with the trial's context
+        return targeting.lowest_block(model, params)
+    except targeting.TargetError:  # apply_peft reports it with the trial's context
         return None
 
 
