@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, BertTokenize
 
 from sweeps.spec import validate_dict
 from sweeps.spec.params import TrialParams
-from sweeps.trial import loop
+from sweeps.trial import loop, train
 from sweeps.trial.tasks import classify
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "okay", "meh", "the", "drug", "works", "pain"]
@@ -111,14 +111,14 @@ def test_nan_loss_fails_the_trial(store, tiny_model_dir, tiny_csv, tmp_path, mon
         return real(self, logits, target) * float("nan")
 
     monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", nan_loss)
-    with pytest.raises(loop.TrialFailed) as err:
+    with pytest.raises(train.TrialFailed) as err:
         loop.run_trial(spec, spec.params, tmp_path / "t2", device="cpu")
     assert "nan" in err.value.reason and "epoch 1 step 1" in err.value.reason
 
 
 def test_memory_over_limit_is_infeasible(store, tiny_model_dir, tiny_csv, tmp_path):
     spec = make_spec(tiny_model_dir, tiny_csv, max_memory_mb=1e-6)
-    with pytest.raises(loop.TrialInfeasible, match="max_memory_mb"):
+    with pytest.raises(train.TrialInfeasible, match="max_memory_mb"):
         loop.run_trial(spec, spec.params, tmp_path / "t3", device="cpu")
 
 

@@ -27,7 +27,7 @@ def emit(payload: dict) -> None:
 
 
 class _Clock:
-    """Stands in for the `time` module inside sweeps.trial: the same wall clock, plus the main thread's CPU time
+    """Stands in for the `time` module inside sweeps.trial.train: the same wall clock, plus the main thread's CPU time
     at every perf_counter() call, so the trial's training seconds can also be counted in CPU seconds (what other
     processes on a busy machine cannot steal)."""
 
@@ -43,10 +43,10 @@ class _Clock:
         return now
 
     def cpu_train_seconds(self, train_seconds: float) -> float | None:
-        """trial._train counts [start, end of epoch) spans between its calls; redo that sum in CPU time."""
+        """train.train counts [start, end of epoch) spans between its calls; redo that sum in CPU time."""
         spans = list(zip(self.calls[0::2], self.calls[1::2], strict=False))
         if abs(sum(end[0] - start[0] for start, end in spans) - train_seconds) > 1e-3:
-            return None  # trial.py times training differently now: no CPU figure rather than a wrong one
+            return None  # train.py times training differently now: no CPU figure rather than a wrong one
         return sum(end[1] - start[1] for start, end in spans)
 
 
@@ -54,7 +54,7 @@ def trials(p: dict) -> None:
     import torch
 
     from sweeps.spec import load_spec
-    from sweeps.trial import loop
+    from sweeps.trial import train
     from sweeps.trial.loop import run_trial
     from sweeps.trial.worker import release_memory
 
@@ -70,7 +70,7 @@ def trials(p: dict) -> None:
         if csv_path and key in done:
             continue
         release_memory()  # what the sweep's worker does before each trial
-        loop.time = clock = _Clock()
+        train.time = clock = _Clock()
         started = time.perf_counter()
         result = run_trial(spec, spec.trial_params(sampled), Path(p["out"]) / f"t{i}")
         cpu = clock.cpu_train_seconds(result.metrics["train_seconds"])
@@ -289,15 +289,15 @@ def pick_test(p: dict) -> None:
 
 
 # (label, function name, file name): cumulative seconds of the function, summed over calls
-PARTS = [("tokenizer load", "load_tokenizer", "models.py"),
-         ("data: load, split, tokenize (cached)", "_task", "trial.py"),
-         ("base model load", "load_base", "models.py"),
+PARTS = [("tokenizer load", "load_tokenizer", "pretrained.py"),
+         ("data: load, split, tokenize (cached)", "make_task", "loop.py"),
+         ("base model load", "load_base", "pretrained.py"),
          ("base model from the worker's slot", "base_for_trial", "reuse.py"),
-         ("apply LoRA", "apply_peft", "adapters.py"), ("training loop incl. evaluation", "_train", "trial.py"),
+         ("apply LoRA", "apply_peft", "lora.py"), ("training loop incl. evaluation", "train", "train.py"),
          ("evaluation", "evaluate", "classify.py"), ("forward passes", "forward", "peft_model.py"),
          ("backward passes", "backward", "_tensor.py"), ("optimizer steps", "adam", "adam.py"),
-         ("frozen-prefix misses", "_compute", "prefix.py"), ("save adapter", "save_adapter", "adapters.py"),
-         ("base sha256", "content_hash", "models.py"), ("task info (truncation stats)", "info", "classify.py")]
+         ("frozen-prefix misses", "_compute", "prefix.py"), ("save adapter", "save_adapter", "disk.py"),
+         ("base sha256", "content_hash", "pretrained.py"), ("task info (truncation stats)", "info", "classify.py")]
 
 
 def profile(p: dict) -> None:

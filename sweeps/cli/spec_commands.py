@@ -43,7 +43,8 @@ def trial(
     """Run ONE trial in this process (no Ray, no MLflow) and print its metrics."""
     spec = load(spec_file, parse_sets(set_))
     from sweeps import store
-    from sweeps.trial.loop import TrialFailed, run_trial
+    from sweeps.trial.loop import run_trial
+    from sweeps.trial.train import TrialFailed
 
     out_dir = out or store.store_dir() / "trials" / spec.name / "manual"
     console.print(f"trial of [bold]{spec.name}[/]: " + ", ".join(f"{k}={v}" for k, v in spec.params.flat().items()

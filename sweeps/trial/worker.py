@@ -35,7 +35,8 @@ def run_one(spec_dict: dict, number: int, params_dict: dict[str, Any], report: C
     the merge of the spec's fixed params with the sampled point happened once, in the driver)."""
     import torch
 
-    from sweeps.trial.loop import TrialFailed, TrialInfeasible, run_trial
+    from sweeps.trial.loop import run_trial
+    from sweeps.trial.train import TrialFailed, TrialInfeasible
 
     if threads:
         torch.set_num_threads(threads)

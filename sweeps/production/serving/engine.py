@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from sweeps.production import sources
+from sweeps.production.serving import forward
 from sweeps.production.serving.batcher import Batcher, Job
 from sweeps.spec import ModelSpec
 from sweeps.spec.params import TrialParams
@@ -264,11 +265,8 @@ class Engine:
         return results
 
     def _classify(self, batch: list[Job], names: list[str]) -> list[dict]:
-        enc = self.tokenizer([j.payload["text"] for j in batch], padding=True, truncation=True,
-                             max_length=self.limits.max_length, return_tensors="pt").to(self.device)
-        logits = self.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                            **multi.route(self.model, names)).logits.float()
-        probs = torch.softmax(logits, dim=-1).cpu().tolist()
+        probs = forward.class_probabilities(self.model, self.tokenizer, [j.payload["text"] for j in batch], names,
+                                            self.limits.max_length, self.device)
         out = []
         for job, row in zip(batch, probs, strict=True):
             found = self.slots[job.name].found
@@ -279,29 +277,12 @@ class Engine:
         return out
 
     def _generate(self, batch: list[Job], names: list[str]) -> list[dict]:
-        width = max(len(j.payload["ids"]) for j in batch)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, job in enumerate(batch):  # left padding: every prompt ends where generation starts
-            seq = job.payload["ids"]
-            ids[row, width - len(seq):] = torch.tensor(seq)
-            mask[row, width - len(seq):] = 1
-        steps = max(j.payload["max_new_tokens"] for j in batch)
-        out = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                  max_new_tokens=steps, do_sample=False, pad_token_id=pad,
-                                  **multi.route(self.model, names))
-        eos = self.model.generation_config.eos_token_id
-        stops = set(eos if isinstance(eos, list) else [eos]) - {None}
-        results = []
-        for row, job in enumerate(batch):
-            new = out[row, width:].tolist()[:job.payload["max_new_tokens"]]
-            cut = next((i for i, t in enumerate(new) if t in stops), None)
-            tokens = new if cut is None else new[:cut]
-            results.append({"adapter": job.name, "version": self.slots[job.name].found.version,
-                            "text": self.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens,
-                            "finish_reason": "length" if cut is None else "stop"})
-        return results
+        rows = forward.greedy(self.model, self.tokenizer, [j.payload["ids"] for j in batch],
+                              [j.payload["max_new_tokens"] for j in batch], names, self.device)
+        return [{"adapter": job.name, "version": self.slots[job.name].found.version,
+                 "text": self.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens,
+                 "finish_reason": "stop" if stopped else "length"} for job, (tokens, stopped) in zip(batch, rows,
+                                                                                                   strict=True)]
 
     def describe(self) -> list[dict]:
         return [{**s.found.describe(), "internal": s.internal, "loaded_at": s.loaded_at}

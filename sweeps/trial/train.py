@@ -1,0 +1,119 @@
+"""The training loop of a trial: AdamW with a warmed-up, linearly decaying learning rate (the head at its own
+rate), bf16 autocast where the hardware has it, gradient clipping, evaluation and a report after every epoch, the
+measured memory limit checked as it goes, and the best epoch's weights kept when asked.
+
+A trial that cannot finish ends with `TrialFailed` (its reason is the run's failure reason), or `TrialInfeasible`
+when its measured peak memory is over `max_memory_mb`: the sweep marks it so and carries on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sweeps.spec.params import TrialParams
+from sweeps.trial.adapters import lora
+from sweeps.trial.memory import meter
+from sweeps.trial.memory.meter import PeakMemory
+from sweeps.trial.tasks.classify import length_batches
+
+
+class TrialFailed(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TrialInfeasible(TrialFailed):
+    """The measured peak memory exceeded params.max_memory_mb."""
+
+
+def _lr_lambda(total_steps: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, int(round(total_steps * warmup_ratio))) if warmup_ratio > 0 else 0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return factor
+
+
+def check_memory(params: TrialParams, pm: PeakMemory, where: str) -> None:
+    if params.max_memory_mb is not None and pm.peak_mb > params.max_memory_mb:
+        raise TrialInfeasible(f"measured peak memory {pm.peak_mb:.1f} MB exceeds max_memory_mb "
+                              f"{params.max_memory_mb:g} MB ({where}; {pm.method})")
+
+
+def _optimizer(model, params: TrialParams, total_steps: int):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = lora.head_parameters(model)  # the fully trained head copies get their own learning rate
+    head_ids = {id(p) for p in head}
+    groups = [{"params": [p for p in trainable if id(p) not in head_ids], "lr": params.learning_rate}]
+    if head:
+        groups.append({"params": head, "lr": params.learning_rate * params.head_lr_ratio})
+    optimizer = torch.optim.AdamW(groups, lr=params.learning_rate, weight_decay=params.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, params.warmup_ratio))
+    return trainable, optimizer, scheduler
+
+
+def train(model, task, params, spec, device, bf16, pm, report, stats) -> list[dict]:
+    rng = np.random.default_rng(spec.seed)
+    steps_per_epoch = sum(1 for _ in task.train_batches(np.random.default_rng(spec.seed), "cpu", length_batches))
+    trainable, optimizer, scheduler = _optimizer(model, params, steps_per_epoch * params.epochs)
+    n_trainable, _ = lora.trainable_params(model)
+    device_type = torch.device(device).type
+    # batches of many lengths fragment glibc's heap: hand grown free pages back (SWEEPS_TRIM_HEAP=0: never)
+    heap = meter.HeapGuard() if device_type == "cpu" and os.environ.get("SWEEPS_TRIM_HEAP", "1") != "0" else None
+    history: list[dict] = []
+    best: tuple[float, int, dict] | None = None  # (score, epoch, trainable weights) when params.restore_best
+    t0 = time.perf_counter()
+    for epoch in range(1, params.epochs + 1):
+        model.train()
+        loss_sum, n_batches = 0.0, 0
+        for step, batch in enumerate(task.train_batches(rng, device, length_batches), start=1):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+                loss, tokens = task.loss(model, batch)
+            if not torch.isfinite(loss):
+                kind = "nan" if torch.isnan(loss) else "inf"
+                raise TrialFailed(f"loss became {kind} at epoch {epoch} step {step} "
+                                  f"(lr={scheduler.get_last_lr()[0]:.3g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            if heap is not None:
+                heap.step()
+            loss_sum += loss.item()
+            n_batches += 1
+            stats["tokens"] += tokens
+        stats["train_seconds"] = time.perf_counter() - t0
+        stats["heap_trims"] = heap.trims if heap is not None else 0
+        metrics = task.evaluate(model, device, bf16) if getattr(task, "has_validation", True) else {}
+        t0 = time.perf_counter() - stats["train_seconds"]  # evaluation time is not training time
+        row = {"epoch": epoch, **metrics, "train_loss": loss_sum / max(1, n_batches),
+               "peak_memory_bytes": pm.peak_bytes, "peak_memory_mb": pm.peak_mb,
+               "base_weight_bytes": stats["base_weight_bytes"], "trainable_params": n_trainable,
+               "total_params": stats["total_params"], "train_seconds": stats["train_seconds"],
+               "tokens_per_second": stats["tokens"] / max(stats["train_seconds"], 1e-9)}
+        history.append(row)
+        if report is not None:
+            report(dict(row))
+        check_memory(params, pm, f"after epoch {epoch}")
+        if params.restore_best and metrics:
+            score = metrics["macro_f1"] if "macro_f1" in metrics else -metrics["loss"]
+            if best is None or score > best[0]:
+                # only the trainable tensors (adapter + head): a few MB at most, charged to the trial like the rest
+                best = (score, epoch, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+    if best is not None and best[1] != params.epochs:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best[2]:
+                    p.copy_(best[2][n])
+    stats["best_epoch"] = best[1] if best is not None else len(history)
+    return history
