@@ -176,3 +176,15 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except ProcessLookupError:  # already gone (it exited, or a failed start)
         pass
+
+
+def test_versions_pickled_before_the_move_still_unpickle():
+    """A version's python_model is pickled by reference; those promoted before issue 15 name sweeps.mlmodel."""
+    import pickle
+
+    from sweeps.tracking.pyfunc import AdapterModel
+
+    text = pickle.dumps(AdapterModel(), protocol=0)
+    assert b"csweeps.tracking.pyfunc\nAdapterModel\n" in text
+    old = text.replace(b"csweeps.tracking.pyfunc\nAdapterModel\n", b"csweeps.mlmodel\nAdapterModel\n")
+    assert type(pickle.loads(old)) is AdapterModel
