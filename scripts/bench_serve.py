@@ -136,7 +136,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from sweeps.production.serving.engine import Engine, Limits
-    from sweeps.production.serving.http import Background
+    from sweeps.production.serving.http_app import Background
     from sweeps.spec import ModelSpec
     from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
@@ -247,7 +247,7 @@ def load_test(args) -> int:
 
     torch.set_num_threads(args.threads)
     from sweeps.production.serving.engine import Engine, Limits
-    from sweeps.production.serving.http import Background
+    from sweeps.production.serving.http_app import Background
     from sweeps.tracking.tracker import Tracker
     from sweeps.trial.models import pretrained
 

@@ -17,7 +17,7 @@ from _tiny import random_lora, tiny_bert, tiny_llama
 
 from sweeps.driver.promotion import register
 from sweeps.production.serving.engine import Engine, Limits
-from sweeps.production.serving.http import Background
+from sweeps.production.serving.http_app import Background
 from sweeps.production.sources import SourceError
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import disk

@@ -23,7 +23,14 @@ from sweeps.production import fusion as fusing
 from sweeps.production import sources
 from sweeps.production.export import merge
 from sweeps.production.serving.engine import Engine
-from sweeps.production.serving.http import MAX_BODY_BYTES, TOKEN_ENV, Background, create_app, is_loopback, load_token
+from sweeps.production.serving.http_app import (
+    MAX_BODY_BYTES,
+    TOKEN_ENV,
+    Background,
+    create_app,
+    is_loopback,
+    load_token,
+)
 from sweeps.production.sources import UnverifiedBase
 from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import disk

@@ -58,7 +58,7 @@ def serve(
 
         torch.set_num_threads(threads)
     from sweeps.production.serving.engine import Engine, Limits
-    from sweeps.production.serving.http import ServeConfigError, load_token, require_token, run
+    from sweeps.production.serving.http_app import ServeConfigError, load_token, require_token, run
     from sweeps.production.sources import SourceError
 
     try:
