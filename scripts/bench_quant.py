@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = """
 import json, sys, tempfile
 from sweeps.spec import load_spec
-from sweeps.trial import run_trial
+from sweeps.trial.loop import run_trial
 overrides = json.loads(sys.argv[2])
 spec = load_spec(sys.argv[1], overrides)
 result = run_trial(spec, spec.params, tempfile.mkdtemp(prefix="bench-quant-"))

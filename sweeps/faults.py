@@ -18,9 +18,10 @@ line per fired fault in `fired.log` for the test to read. Actions:
     barrier=N  wait until N processes reached this point (two promotions racing), at most 60 s
 
 Points (where they sit and why): driver.proposed, driver.epoch, driver.finished, driver.heartbeat
-(runner.Coordinator: the last one before every beat the driver writes to the study);
-track.uploaded (track.Tracker.finish_trial); study.created, study.tell (search); registry.create,
-registry.created (registry.promote); worker.epoch (execute._trainable); adapter.saved (adapters.save_adapter).
+(driver/coordinator.py, Coordinator: the last one before every beat the driver writes to the study);
+track.uploaded (tracking/runs.py, finish_trial); study.created, study.tell (driver/study/); registry.create,
+registry.created (driver/promotion/register.py); worker.epoch (driver/cluster/trainable.py); adapter.saved
+(trial/adapters/disk.py, save_adapter). The names are the points' stable names, not module paths.
 Free of ray, mlflow and optuna: the trial side calls it too.
 """
 

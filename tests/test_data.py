@@ -1,4 +1,4 @@
-"""sweeps.data: loading, cleaning, stratified splits, few-shot sampling, tokenization cache. No network."""
+"""sweeps/trial/data: loading, cleaning, stratified splits, few-shot sampling, tokenization cache. No network."""
 
 from __future__ import annotations
 

@@ -5,8 +5,8 @@ of platform/mlflow-auth.ini) on 127.0.0.1:<free port>, its backend store and its
 databases of a private PostgreSQL cluster (the scale-out tests' fixture; the auth store gets the third database
 the ini describes, `mlflow_auth`). The admin creates a registered model and two users; with the ini's
 `default_permission = READ`, the user without a grant on the model cannot promote into it (create a version) nor
-move its alias, and the user granted EDIT on it can. Promotions go through `sweeps.registry.promote` with
-MLFLOW_TRACKING_USERNAME/PASSWORD set, the path `sweep promote` takes.
+move its alias, and the user granted EDIT on it can. Promotions go through
+`sweeps.driver.promotion.register.promote` with MLFLOW_TRACKING_USERNAME/PASSWORD set, the path `sweep promote` takes.
 
 Needs PostgreSQL's server binaries (without them the module is skipped, like the scale-out tests) and
 `mlflow[auth]` (Flask-WTF, from the `postgres` extra; without it the server refuses to start and the tests fail).

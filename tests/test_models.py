@@ -258,7 +258,7 @@ def test_4bit_base_passes_gradients_after_an_evaluation(tmp_path):
 
     On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit for a bf16 inference kernel on its first
     no-grad eval forward, and autograd does not pass through that kernel afterwards: the lowest block's LoRA
-    gradient collapsed (1.63 -> 0.04 on this model) until models.keep_4bit_trainable turned the repacking off.
+    gradient collapsed (1.63 -> 0.04 on this model) until precision.keep_4bit_trainable turned the repacking off.
     On other CPUs the repacking never happens and the test holds trivially.
     """
     pytest.importorskip("bitsandbytes")

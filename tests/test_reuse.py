@@ -1,5 +1,6 @@
-"""A base reused across trials (sweeps.reuse) gives the same results as a fresh load; the frozen-prefix cache
-(sweeps.prefix) gives the same results whether it was filled by this trial or an earlier one."""
+"""A base reused across trials (sweeps/trial/memory/reuse.py) gives the same results as a fresh load; the
+frozen-prefix cache (sweeps/trial/memory/prefix.py) gives the same results whether it was filled by this trial or an
+earlier one."""
 
 from __future__ import annotations
 

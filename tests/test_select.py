@@ -1,4 +1,4 @@
-"""Tests of sweeps.select (Pareto front, hypervolume, policies, aliases, early stopping) and sweeps.plot."""
+"""Tests of sweeps/driver/selection (Pareto front, hypervolume, policies, aliases, early stopping) and the plot."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """Child processes of scripts/bench.py: `python scripts/benchkit/children.py NAME JSON` (NAME: trials, plain, hf).
 
 Each prints `RESULT {json}` lines that the parent collects (scripts/benchkit/common.py: run).
-  trials  the bare loop: configurations one after another in this process through sweeps.trial.run_trial
+  trials  the bare loop: configurations one after another in this process through sweeps.trial.loop.run_trial
   plain   a plain fp32 PEFT loop on the same model and data: padded to max_length, fixed order, no bucketing
   hf      Hugging Face Trainer.hyperparameter_search (optuna backend, model_init per trial), our trials' recipe
   pick_test  a finished trial's saved adapter scored once on the test split (the sweep's pick, hf section)
   profile run_trial twice under cProfile (a cold and a warm trial) and the time spent in its parts
   recipe  one trial (benchkit/recipes.py: an arm x seed), then its saved adapter evaluated once on the test split
-  baselines  sweeps.worker.baselines(spec): the majority class and the linear probe, validation and test
+  baselines  sweeps.driver.prepare.baselines(spec): the majority class and the linear probe, validation and test
   memory_account  the same trial N times in this process (peaks), then where one training step's memory goes
 """
 
@@ -97,7 +97,7 @@ def _fmt(value) -> str:
 
 
 def _train_split(spec):
-    """The same tokenized train rows our trials see (sweeps.data: same split, truncation and max_length)."""
+    """The same tokenized train rows our trials see (sweeps/trial/data: same split, truncation and max_length)."""
     from sweeps.trial.data import labelled, tokenized
     from sweeps.trial.models import pretrained
 
@@ -156,16 +156,16 @@ def hf(p: dict) -> None:
     """Trainer.hyperparameter_search (optuna GridSampler, model_init per trial) with the recipe of our trials.
 
     What a user porting our trial recipe to Trainer writes, so both tools train the same model the same way:
-      rows      sweeps.data.tokenize_splits, as _train_split (same split, max_length, head+tail truncation);
+      rows      tokenized.tokenize_splits, as _train_split (same split, max_length, head+tail truncation);
                 DataCollatorWithPadding pads per batch, train_sampling_strategy group_by_length is HF's length
                 bucketing (our trials bucket by length too; the batch order itself is each tool's own)
-      model     built by our own functions in model_init: models.load_base (AutoModelForSequenceClassification
-                with BERT's dense+tanh [CLS] pooler swapped for the mask-weighted mean, models.MeanPooler, and
-                the linear classifier) and adapters.apply_peft (LoRA on adapters.target_modules, the head in
+      model     built by our own functions in model_init: pretrained.load_base (AutoModelForSequenceClassification
+                with BERT's dense+tanh [CLS] pooler swapped for the mask-weighted mean, pretrained.MeanPooler, and
+                the linear classifier) and lora.apply_peft (LoRA on targeting.target_modules, the head in
                 modules_to_save): reused rather than rewritten, so the comparison is about the harness
       loss      class-weighted cross-entropy, classify.class_weights, through Trainer's compute_loss_func
       optimizer AdamW, the head (modules_to_save) at learning_rate * head_lr_ratio (create_optimizer below);
-                linear warmup (round(steps * warmup_ratio), as trial._lr_lambda) then linear decay to 0
+                linear warmup (round(steps * warmup_ratio), as train._lr_lambda) then linear decay to 0
       rest      epochs, batch size, weight decay, max_grad_norm, seed and bf16 setting of the spec
     Validation macro-F1 (classify.macro_f1) after each epoch; the trial's objective is the last one, as ours.
     Each trial's final model is also scored once on the test split (a callback at train end, its seconds

@@ -2,10 +2,10 @@
 
 The grid (benchmarks/grid_reviews.csv, written by `scripts/bench.py --only grid`) holds every configuration's
 objectives. A replay is an Optuna study whose objective looks the proposed point up in the table, so a sampler can be
-run for many seeds in seconds. Samplers come from sweeps.search.make_sampler (the product's settings for the given
-budget) and are asked `concurrency` points at a time, as a sweep with 2 concurrent trials asks them. Hypervolume is
-sweeps.select's (the code `sweep pareto` reports), over the product's three objectives, with one reference point for
-the whole table, and given as a fraction of the full grid's hypervolume.
+run for many seeds in seconds. Samplers come from sweeps.driver.study.space.make_sampler (the product's settings for
+the given budget) and are asked `concurrency` points at a time, as a sweep with 2 concurrent trials asks them.
+Hypervolume is sweeps.driver.selection's (the code `sweep pareto` reports), over the product's three objectives, with
+one reference point for the whole table, and given as a fraction of the full grid's hypervolume.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def reference(table: dict) -> tuple[np.ndarray, float]:
 
 def resolve(kind: str, budget: int, space: dict, concurrency: int = 2) -> str:
     """The concrete sampler `kind` makes at this budget ("auto" -> "gp" or "tpe"), read off the sampler
-    sweeps.search.make_sampler builds, so a change of the switch point there shows here."""
+    sweeps.driver.study.space.make_sampler builds, so a change of the switch point there shows here."""
     if kind != "auto":
         return kind
     import optuna

@@ -207,8 +207,8 @@ def _search(lines: list, rec: dict) -> None:
     n = by[str(budgets[0])]["n"]
     autos = ", ".join(f"{by[str(b)]['auto_is']} at {b}" for b in budgets)
     lines += [f"Table: `{rec['table']}` ({rec['grid_points']} configurations, each trained once). Each sampler is "
-              "replayed as a sweep of each budget would run it (`sweeps.search.make_sampler`'s settings for that "
-              "budget), proposals asked two at a time as a sweep with 2 concurrent trials asks them. Figure: "
+              "replayed as a sweep of each budget would run it (`sweeps.driver.study.space.make_sampler`'s settings "
+              "for that budget), proposals asked two at a time as a sweep with 2 concurrent trials asks them. Figure: "
               "hypervolume after the budget's last trial as a fraction of the full grid's (normalised HV), "
               f"mean ± SE over {n} seeds (SE = sd / sqrt(n)). Seeds are **paired**: seed i drives every sampler's "
               "RNG, and the random start-up trials of gp, tpe and nsga2 draw the same first points as random does "
@@ -257,8 +257,8 @@ def _search(lines: list, rec: dict) -> None:
               "benchmarks/ holds no second recorded table to replay on, so there is no second line of evidence yet.")
     lines += ["", "**In-sample caveat.** gp's start-up trial count (today `n_startup_trials = max(4, min(10, "
               "budget // 2))`) and `auto`'s switch from gp to tpe above 32 trials (`GP_MAX_TRIALS`) in "
-              "`sweeps/search.py` were chosen by replaying on this same grid, so these figures can flatter gp and "
-              "`auto`; they are not out-of-sample evidence. " + second,
+              "`sweeps/driver/study/space.py` were chosen by replaying on this same grid, so these figures can flatter "
+              "gp and `auto`; they are not out-of-sample evidence. " + second,
               "", f"Replay time: {s.get('replay_seconds', 0):.0f} s. Plot: mean ± SE bands of the "
               f"{budgets[-1]}-trial sweeps; dots with SE bars: the shorter budgets' sweeps.",
               "", f"![HV vs trials]({rec['plot']})", ""]
@@ -327,7 +327,7 @@ def _recipes(lines: list, rec: dict) -> None:
         r = s.get(name)
         if not r:
             continue
-        over = "baseline (sweeps.worker.baselines)" if r.get("reference_row") else (", ".join(
+        over = "baseline (sweeps.driver.prepare.baselines)" if r.get("reference_row") else (", ".join(
             f"{k}: {json.dumps(v)}" for k, v in overrides.get(name, {}).items()) or "—")
         cost = ("— | —" if r.get("reference_row") else f"{r['train_seconds']:.0f} | {r['peak_memory_mb']:.0f}")
         lines.append(f"| {name} | {over} | {r['n']} | {_pm(r['val_mean'], r['val_se'])} | "
@@ -356,8 +356,8 @@ def _memory_account(lines: list, rec: dict) -> None:
               "times in process A (the later ones reuse the base and its frozen-prefix cache, as a reused Ray worker "
               "does) and, beside A, " + ("once in a fresh process B" if reps == 1 else
                                           f"once in each of {reps} fresh processes B, one after another") + ". Peak = "
-              "sampled anonymous resident memory above the trial's start (sweeps.memory; a reused base's bytes and "
-              "load peak are charged to the trial).", "",
+              "sampled anonymous resident memory above the trial's start (sweeps/trial/memory/meter.py; a reused "
+              "base's bytes and load peak are charged to the trial).", "",
               "| run | measured peaks MB | median |", "|---|---|---|"]
     peaks = {k: v if isinstance(v, list) else [v] for k, v in peaks.items()}
     lines += [f"| {k} | {', '.join(f'{x:.1f}' for x in v)} | {median(v):.1f} |" for k, v in peaks.items()]
@@ -379,7 +379,7 @@ def _memory_account(lines: list, rec: dict) -> None:
     if acc.get("forward_rss_growth") is not None:
         notes.append(f"resident growth over that one forward, measured: {acc['forward_rss_growth'] / 2**20:.1f} MB")
     if acc.get("platform_bytes") is not None:
-        notes.append(f"frozen-prefix cache held by process A after its trials (sweeps.memory.platform_bytes(), "
+        notes.append(f"frozen-prefix cache held by process A after its trials (meter.platform_bytes(), "
                      f"measured): {acc['platform_bytes'] / 2**20:.1f} MB: platform memory, subtracted from every "
                      "sample and so not in any trial's peak")
     lines += [f"- {n}" for n in notes]

@@ -60,7 +60,7 @@ def bare_loop(ctx, spec: Path, tag: str) -> dict:
     """The same configurations one after another in one process (all cores), through run_trial."""
     store = ctx.work / f"store-bare-{tag}"
     done = child("trials", {"spec": str(spec), "configs": grid_points(SPACE8), "out": str(store / "out"),
-                            "launched": time.time()},  # trial.py as it is: the sweep's workers run it so
+                            "launched": time.time()},  # the trial loop as it is: the sweep's workers run it so
                  env={**threads_env(CORES), "SWEEPS_STORE": str(store)}, timeout=3 * 3600)
     rows = [r for r in done.results if r.get("phase") == "trial"]
     imported = next((r["since_launch"] for r in done.results if r.get("phase") == "imported"), None)

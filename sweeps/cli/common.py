@@ -1,4 +1,5 @@
-"""`sweep` command line (typer + rich). Heavy libraries are imported inside commands so `--help` stays fast."""
+"""What every `sweep` command shares: the Typer app and its store options, consoles, spec loading with every problem
+listed, the input errors reported in one line, and number formatting. Command modules register on `app`."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ def validate(spec_file: SpecFile) -> None:
     """Check a sweep YAML: every problem with its field path; exit 2 if any. Creates nothing."""
     spec = load(spec_file)
     size = ""
-    if spec.search.sampler == "grid":  # sweeps.search imports optuna (~0.4 s): only a grid needs it here
+    if spec.search.sampler == "grid":  # sweeps.driver.study imports optuna (~0.4 s): only a grid needs it here
         from sweeps.driver.study.space import grid_size
 
         size = f", grid of {grid_size(spec)} points"

@@ -2,7 +2,7 @@
 
 One descriptor per split (train, validation, test): a name, a digest of the split's own rows (so two sweeps
 whose validation splits differ show different digests in the UI's Dataset column), where the data came from,
-its size and its columns. No mlflow here: sweeps.track turns the descriptors into MLflow dataset entities.
+its size and its columns. No mlflow here: sweeps/tracking (runs.py) turns the descriptors into MLflow dataset entities.
 
 Reading the data again in the driver is cheap (the sweep's data sets are small; the driver's `prepare` has just
 read and cached the same files). The train digest is that of the whole train split; a few-shot trial

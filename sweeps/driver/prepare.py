@@ -2,7 +2,7 @@
 
 Both run in the driver process, once per sweep, so that N concurrent trials only ever read caches (no two workers
 race to convert the same base or tokenize the same data) and a bad data file or a target group the model lacks
-fails the sweep before a single trial is proposed. The work itself is the trial side's (sweeps.trial); this module
+fails the sweep before a single trial is proposed. The work itself is the trial side's (sweeps/trial); this module
 only decides what to run, and imports it late (torch and transformers are heavy).
 """
 
@@ -71,7 +71,7 @@ def _prepare_instruction(spec: SweepSpec, base: Any, tokenizer: Any) -> dict[str
 
 
 def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
-    """The sweep's reference points, computed once per base and data (cached, sweeps.probe): name -> figures.
+    """The sweep's reference points, computed once per base and data (cached, sweeps/trial/probe.py): name -> figures.
 
     `majority` (always the most frequent training class) and `linear-probe` (the frozen, unquantized base with
     the spec's pooling and a class-weighted logistic-regression head chosen on validation). Each gets

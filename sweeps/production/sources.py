@@ -31,7 +31,7 @@ class Located:
     path: Path  # local, verified adapter directory
     task: str  # classification | instruction
     base: str | None  # what the adapter was trained on: bundled:..., a directory or a hub id
-    base_sha256: str | None  # models.content_hash of that base at training time, when recorded
+    base_sha256: str | None  # pretrained.content_hash of that base at training time, when recorded
     version: str | None = None  # registry version, None for a directory
     run_id: str | None = None
     labels: list[str] | None = None
@@ -117,9 +117,10 @@ def locate(ref: str, workdir: Path, tracker=None) -> Located:
     found.version, found.run_id = info["version"], info["run_id"]
     found.base = tags.get("base_model") or found.base
     if "base_model_sha256" in tags:
-        # results._base_hash writes "unavailable (...)" when it could not hash the base at promotion. Then the
-        # directory's fallback (hashing the config's base path as it is *now*) would compare a base with itself:
-        # the version is unverifiable, and consumers refuse it without --allow-unverified-base.
+        # Promotion (_base_hash, sweeps/driver/promotion/promote.py) writes "unavailable (...)" when it could not
+        # hash the base. Then the directory's fallback (hashing the config's base path as it is *now*) would
+        # compare a base with itself: the version is unverifiable, and consumers refuse it without
+        # --allow-unverified-base.
         found.base_sha256, found.base_unverified = _recorded_hash(tags["base_model_sha256"],
                                                                   f"registry version {name}/{info['version']}")
     return found

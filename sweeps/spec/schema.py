@@ -233,7 +233,7 @@ class SweepSpec(BaseModel):
 
     def tolerances(self) -> list[float | str | None]:
         """The stated `objectives[i].tolerance`, in objective order (None: resolved per trial by
-        sweeps.select.tolerance_matrix)."""
+        sweeps.driver.selection.tolerance.tolerance_matrix)."""
         return [o.tolerance for o in self.objectives]
 
     def trial_params(self, sampled: dict[str, Any] | None = None) -> TrialParams:

@@ -1,5 +1,6 @@
 """The grammar of a stated objective tolerance (`objectives[i].tolerance`): a number in the metric's units or a
-percentage. What a tolerance does to dominance is sweeps.select's business; this is only what the spec accepts."""
+percentage. What a tolerance does to dominance is sweeps/driver/selection's business; this is only what the spec
+accepts."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A promoted adapter as an MLflow model: a `pyfunc` whose python_model loads the base and the adapter with this
-package's own loaders (sweeps.serving.Engine: the same code path as `sweep serve`).
+package's own loaders (sweeps.production.serving.engine.Engine: the same code path as `sweep serve`).
 
     model = mlflow.pyfunc.load_model("models:/reviews@champion")
     model.predict(pd.DataFrame({"text": ["works great, no side effects"]}))
@@ -10,7 +10,7 @@ package's own loaders (sweeps.serving.Engine: the same code path as `sweep serve
 The model directory holds the trial's adapter folder exactly as uploaded (safetensors, adapter_config.json,
 labels.json / chat.json, and manifest.json with every file's sha256), and model_info.json (task, base model and
 its content hash, labels, chat settings, the manifest's own sha256). Nothing else: the base is not copied (it
-is the bundled wheel, a local directory or a hub id, resolved by sweeps.models), which keeps a version to the
+is the bundled wheel, a local directory or a hub id, resolved by sweeps/trial/models), which keeps a version to the
 adapter's size. Loading re-checks the manifest, and the base's content hash against the one recorded at
 training: a model never silently runs on other base weights (model_config={"allow_unverified_base": True}
 overrides a base whose hash was not recorded).
@@ -146,7 +146,7 @@ def model_info(adapter_dir: Path, info: dict) -> dict:
 
 def save(path: Path, adapter_dir: Path, info: dict, model_id: str | None = None, run_id: str | None = None,
          artifact_path: str | None = None) -> dict:
-    """Write the MLflow model directory at `path` (not logged: sweeps.track_registry uploads it). Returns the
+    """Write the MLflow model directory at `path` (not logged: registry.py uploads it). Returns the
     model_info it recorded."""
     meta = model_info(Path(adapter_dir), info)
     with tempfile.TemporaryDirectory(prefix="sweeps-info-") as tmp:

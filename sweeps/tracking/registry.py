@@ -73,7 +73,7 @@ class Registry(Artifacts):
         return min(ready, key=lambda m: m.creation_timestamp).model_id if ready else None
 
     def log_adapter_model(self, run_id: str, info: dict) -> str:
-        """Log the trial's adapter as an MLflow pyfunc model (sweeps.mlmodel), once per run; return its model id.
+        """Log the trial's adapter as an MLflow pyfunc model (pyfunc.py), once per run; return its model id.
 
         `info`: the lineage the model needs to load itself (task, base_model, base_model_sha256, ...)."""
         from sweeps.tracking import pyfunc

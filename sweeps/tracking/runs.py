@@ -54,7 +54,7 @@ def trial_run_name(number: int, params: dict) -> str:
 
 
 def _dataset_input(d: dict):
-    """A sweeps.inputs descriptor -> MLflow DatasetInput (context tag train / validation / test)."""
+    """A sweeps.driver.inputs descriptor -> MLflow DatasetInput (context tag train / validation / test)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     src = dict(d["source"])
@@ -73,7 +73,7 @@ class RunLog(Artifacts):
 
     def start_sweep(self, name: str, spec_yaml: str, description: str = "",
                     extra_tags: dict | None = None, datasets: list[dict] | None = None) -> str:
-        """The sweep's parent run (created once, resumed after). `datasets`: sweeps.inputs descriptors, logged as
+        """The sweep's parent run (created once, resumed after). `datasets`: sweeps.driver.inputs descriptors, logged as
         MLflow dataset inputs on the parent and on every trial this Tracker starts for the sweep."""
         exp_id = self._experiment_id(name, create=True)
         self.client.set_experiment_tag(exp_id, *next(iter(_KIND.items())))  # sweeps made before the tag had none

@@ -74,9 +74,8 @@ def _use_bf16(params: TrialParams, device: str) -> bool:
 def make_task(spec: SweepSpec, params: TrialParams, tokenizer, splits: tuple[str, ...] = ("validation",),
           fold: int | None = None):
     if spec.task == "instruction":
-        from sweeps.trial.tasks.instruct import (
-            InstructionTask,  # torch-only module; imported late to keep this one's import light
-        )
+        # imported late to keep this module's import light
+        from sweeps.trial.tasks.instruct import InstructionTask
 
         return InstructionTask(spec, params, tokenizer, splits)
     task = ClassificationTask(spec, params, tokenizer, fold)
@@ -112,7 +111,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
               report: Callable[[dict], None] | None = None, device: str | None = None,
               fold: int | str | None = None) -> TrialResult:
     """Train and evaluate one configuration. With `data.folds` (classification) this is K fits and a refit
-    (sweeps.crossval); `fold` is then the fit to run: 0..K-1, or "all" for the refit on every training row."""
+    (crossval.py); `fold` is then the fit to run: 0..K-1, or "all" for the refit on every training row."""
     if spec.data.folds and spec.task == "classification" and fold is None:
         from sweeps.trial import crossval
 

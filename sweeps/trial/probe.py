@@ -7,7 +7,7 @@ Kumar et al. 2022, "Fine-Tuning can Distort Pretrained Features and Underperform
 random head's large early gradients flow back into the adapter and distort the features; a head that already
 fits them does not.
 
-Both are computed once per base, quantization, data and seed and kept under the cache (sweeps.baseline.cached);
+Both are computed once per base, quantization, data and seed and kept under the cache (baseline.cached);
 the features are the input of the model's own head (`classifier` / `score`) with the adapter absent, so the
 probe's weights load straight into that head.
 """

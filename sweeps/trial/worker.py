@@ -22,7 +22,7 @@ def release_memory() -> None:
 
     Ray reuses one worker process for many trials; glibc otherwise keeps freed pages mapped and a trial would
     reuse them without its resident memory growing. The base model the worker keeps for its next trial
-    (sweeps.reuse) stays; it is charged to each trial that uses it.
+    (sweeps/trial/memory/reuse.py) stays; it is charged to each trial that uses it.
     """
     from sweeps.trial.memory.meter import trim
 

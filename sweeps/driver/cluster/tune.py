@@ -94,9 +94,10 @@ class _ParetoHalving(FIFOScheduler):
     """Multi-objective successive halving: at each rung epoch, stop a trial dominated by a peer at that rung.
 
     Ray's ASHA compares one metric; Optuna cannot prune multi-objective studies. This rule looks at every
-    objective (see sweeps.select.rung_should_stop): a trial on the rung's Pareto front is never stopped, and
-    dominance counts only beyond each objective's tolerance (`tolerances`: the spec's stated ones, resolved per
-    report by sweeps.select.tolerance_matrix; a report carrying `<metric>_se` gets one SE on that metric).
+    objective (see sweeps.driver.selection.pareto.rung_should_stop): a trial on the rung's Pareto front is never
+    stopped, and dominance counts only beyond each objective's tolerance (`tolerances`: the spec's stated ones,
+    resolved per report by sweeps.driver.selection.tolerance.tolerance_matrix; a report carrying `<metric>_se` gets
+    one SE on that metric).
     """
 
     def __init__(self, key: str, rungs: list[int], min_trials: int, metrics: list[str], directions: list[str],
@@ -189,7 +190,7 @@ def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: s
             max_concurrent_trials=spec.budget.concurrency,
             time_budget_s=spec.budget.time_limit_s,
             # One worker process serves many trials: importing torch/transformers/peft/bitsandbytes costs ~10 s per
-            # process. The worker returns freed memory to the OS before each trial (sweeps.worker.release_memory)
+            # process. The worker returns freed memory to the OS before each trial (sweeps.trial.worker.release_memory)
             # so the measured peak above the trial's start is still the trial's own.
             reuse_actors=True,
             trial_name_creator=_trial_name,
@@ -215,7 +216,7 @@ def run_tune(spec: SweepSpec, coordinator: Coordinator, remaining: int, store: s
 
 def _worker_env(store: str) -> dict[str, str]:
     # No MALLOC_MMAP_THRESHOLD_ here: forcing every large tensor through mmap/munmap costs page faults on every
-    # allocation and made trials 2x slower (measured); sweeps.worker.release_memory trims between trials instead.
+    # allocation and made trials 2x slower (measured); sweeps.trial.worker.release_memory trims between trials instead.
     # On a cluster the workers inherit the raylet's environment, not the driver's: forward what locates the caches.
     env = {"SWEEPS_STORE": store, "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
            "TRANSFORMERS_VERBOSITY": "error"}

@@ -63,7 +63,8 @@ def promote_sweep(sweep: str, policy: str, name: str, extra_aliases: list[str] |
                   tracker: Tracker | None = None, per_objective: bool = True) -> Promotion:
     """Choose by `policy`, register the chosen adapter (alias champion) and each objective's best front point.
 
-    Both read the spec's tolerances (sweeps.select.tolerance_matrix): the front they choose from is tolerant."""
+    Both read the spec's tolerances (sweeps.driver.selection.tolerance.tolerance_matrix): the front they choose
+    from is tolerant."""
     store.safe_name(name, "model name")  # before Tracker(): opening it creates the store and mlflow.db
     store.safe_name(sweep, "sweep name")
     tracker = tracker or Tracker()

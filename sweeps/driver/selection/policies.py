@@ -1,7 +1,7 @@
 """Selection policies (which front trial to promote) and registry aliases; numpy only, over plain metric dicts.
 
-Split from sweeps/select.py (dominance, fronts, hypervolume), which re-exports these names.  `tolerances`
-arguments are (n trials, m objectives) absolute tolerances as built by `select.tolerance_matrix`; None = exact.
+Dominance and fronts are pareto.py's.  `tolerances` arguments are (n trials, m objectives) absolute tolerances as
+built by `tolerance.tolerance_matrix` (tolerance.py); None = exact.
 """
 
 from __future__ import annotations
@@ -136,8 +136,8 @@ def choose(trials: list[dict[str, float]], objectives: list[tuple[str, str]], po
            tolerances=None) -> int | None:
     """Index of the trial picked by `policy` among the Pareto front of the constraint-satisfying trials.
 
-    `tolerances` ((n, m), see `select.tolerance_matrix`; None = exact) make that front the tolerant one (see
-    sweeps/select.py).  A trial lacking (or NaN on) any objective or policy metric is not a candidate.
+    `tolerances` ((n, m), see `tolerance.tolerance_matrix`; None = exact) make that front the tolerant one (see
+    pareto.py).  A trial lacking (or NaN on) any objective or policy metric is not a candidate.
     Returns None when no trial is feasible.  Selectors:
       1se[:<m>]     the one-standard-error rule, see `_one_se` (<m> defaults to the first maximised objective,
                     else the first objective; a metric that is not an objective is taken as "maximize").

@@ -158,7 +158,7 @@ def study_names(storage_url: str) -> list[str]:
 
 
 class Suggest:
-    """What an objective sees of an Optuna trial, so callers (sweeps.fuse) never import optuna."""
+    """What an objective sees of an Optuna trial, so callers (sweeps/production/fusion.py) never import optuna."""
 
     def __init__(self, trial: optuna.Trial):
         self.number = trial.number

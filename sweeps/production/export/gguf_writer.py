@@ -3,7 +3,7 @@
 The only module importing `gguf`. Tensor names come from gguf's own HF -> GGUF map; q_proj/k_proj rows are
 permuted the way llama.cpp's convert_hf_to_gguf.py does, because llama.cpp applies rotary embeddings to
 interleaved pairs while HF Llama rotates the two halves of each head (transformers un-permutes on GGUF load,
-so a round trip through models.resolve_base and back must permute again).
+so a round trip through pretrained.resolve_base and back must permute again).
 
 Metadata: the architecture's hyperparameters come from config.json. The tokenizer, when the base was itself a
 GGUF (the bundled SmolLM2), is copied key by key from that file, so llama.cpp tokenizes exactly as it did for

@@ -7,7 +7,7 @@ The base is loaded exactly as the adapter was trained on it: an adapter trained 
 into the dequantized weights of that quantized base (what its forward passes saw), not into the original fp32
 weights. The result is safetensors + tokenizer (+ labels.json / chat.json), and export.json with provenance.
 
-BERT-family classifiers trained with mean pooling keep no pooler weights (models.MeanPooler has none):
+BERT-family classifiers trained with mean pooling keep no pooler weights (pretrained.MeanPooler has none):
 export.json records `pooling: mean`, and `load_merged` puts the mean pooler back.
 """
 

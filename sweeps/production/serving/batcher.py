@@ -3,7 +3,7 @@
 The worker takes the first waiting job, then whatever else arrives within `max_wait_ms`, up to `max_batch`
 jobs, and hands the list to `run(batch) -> results` (one result per job, in order). Waiting a few
 milliseconds trades a little latency for much better throughput: a forward pass over 16 examples costs far less
-than 16 passes over one. Jobs are plain data; the batch function decides what they mean (sweeps.serving).
+than 16 passes over one. Jobs are plain data; the batch function decides what they mean (engine.py).
 """
 
 from __future__ import annotations

@@ -1,14 +1,15 @@
 """The serving engine behind `sweep serve`: one base model, many adapters, micro-batched mixed-adapter forwards.
 
-Requests are queued one example at a time (sweeps.batcher); a worker thread takes whatever arrived within
+Requests are queued one example at a time (batcher.py); a worker thread takes whatever arrived within
 `max_wait_ms` (up to `max_batch` examples) and runs ONE forward pass for all of them, passing PEFT's per-sample
 `adapter_names` when the batch mixes adapters. Rows are grouped by adapter first, so that
-multi.grouped_mixed_batches works on slices instead of PEFT's gather/scatter copies.
+multi.grouped_mixed_batches (sweeps/trial/adapters) works on slices instead of PEFT's gather/scatter copies.
 
 Adapters are addressed by a served name; each name maps to an internal PEFT adapter name that changes on every
 reload, so swapping in a new registry version loads it beside the old one and flips the mapping under the model
 lock: requests queued during a reload are answered by whichever version is current when their batch runs.
-No web framework here (that is sweeps/serve.py), so the engine is tested and benchmarked without HTTP.
+No web framework here (that is http_app.py; forward.py runs a batch), so the engine is tested and benchmarked
+without HTTP.
 """
 
 from __future__ import annotations

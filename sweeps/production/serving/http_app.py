@@ -1,4 +1,4 @@
-"""`sweep serve`: the HTTP face of the serving engine (FastAPI + uvicorn; the only module importing them).
+"""`sweep serve`: the HTTP face of the serving engine (FastAPI + uvicorn; no other module imports them).
 
     sweep serve --adapter reviews@champion --adapter helpdesk=runs/helpdesk/adapter --port 8000
 

@@ -115,7 +115,7 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     present = set()
     for name, module in model.named_modules():
         last = name.rsplit(".", 1)[-1]
-        # a weightless head (models.MeanPooler) has nothing to train or save
+        # a weightless head (pretrained.MeanPooler) has nothing to train or save
         if last in HEAD_MODULES and not _BLOCK.match(name) and any(True for _ in module.parameters()):
             present.add(last)
     return sorted(present)

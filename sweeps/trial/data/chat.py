@@ -1,6 +1,6 @@
 """Instruction data: chats rendered with the base model's chat template, loss on the answers only.
 
-Rows come from sweeps.data (the only `datasets` user) as plain dicts, either a `messages` list of {role, content}
+Rows come from reading.py (datasets stays in this folder) as plain dicts, either a `messages` list of {role, content}
 or a prompt/response column pair. Each chat is rendered one assistant turn at a time, so every token is known to be
 context (label -100, no loss) or answer (trained on): the model learns to answer, not to echo the requests.
 

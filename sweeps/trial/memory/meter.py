@@ -8,9 +8,9 @@ for whatever the previous trial happened to read. The trial's peak is the highes
 context was entered, so what the process held before (imports, earlier trials in a reused worker) is not counted.
 Short spikes between two samples can be missed; 5 ms is well below one training step (~0.1-2 s).
 
-A worker that reuses its base model across trials (sweeps.reuse) held the base before the trial started: it
+A worker that reuses its base model across trials (reuse.py) held the base before the trial started: it
 `charge`s the base's resident bytes and load peak to the trial, so the peak equals a fresh load's. Platform caches
-that are no property of the trial's configuration (sweeps.prefix: frozen-block outputs) `hold` their bytes here and
+that are no property of the trial's configuration (prefix.py: frozen-block outputs) `hold` their bytes here and
 are subtracted from every CPU sample, whether they were built before the trial or during it.
 """
 

@@ -2,7 +2,7 @@
 
 With `layers: upper-half` (the shipped specs) blocks 0..k-1 hold no adapter and nothing in them trains, so their
 output for an input is a fixed feature: the same in every epoch, and in every trial of a sweep on the same base
-(sweeps.reuse keeps the base, and this cache on it, across the trials of a worker). Each new input runs through the
+(reuse.py keeps the base, and this cache on it, across the trials of a worker). Each new input runs through the
 embeddings and blocks 0..k-1 once (with the other new inputs of its length: no padding), in eval mode under
 no_grad; the upper blocks then get a right-padded batch of cached rows.
 
@@ -14,7 +14,7 @@ keep theirs), as in the common "frozen feature extractor" set-up. SWEEPS_FROZEN_
 
 Scope: BERT-family encoders (`<base>.encoder.layer`) fed right-padded `input_ids`; anything else (token_type_ids,
 position_ids, inputs_embeds, left padding, a trainable tensor below block k) runs the normal forward. The cached
-bytes are held in sweeps.memory as platform memory: they are not charged to any trial's measured peak.
+bytes are held in meter.py as platform memory: they are not charged to any trial's measured peak.
 """
 
 from __future__ import annotations

@@ -5,11 +5,11 @@
     reuse.release(model)                                                                      # base back to the slot
 
 Loading MiniLM costs ~0.1 s in a warm process (int8 0.4 s, nf4 1.2 s): little next to a trial. What reuse buys is
-what can live on the base between trials, chiefly the frozen-prefix cache (sweeps.prefix): the frozen lower blocks'
+what can live on the base between trials, chiefly the frozen-prefix cache (prefix.py): the frozen lower blocks'
 features are computed once per worker, not once per epoch of every trial.
 
 "As if freshly loaded" means equal metrics, which takes four things on a hit:
-- every PEFT layer is taken out (adapters.release) and the heads' loaded tensors are restored;
+- every PEFT layer is taken out (lora.release) and the heads' loaded tensors are restored;
 - tensors `from_pretrained` initialised instead of loading (a new classification head) are drawn again through the
   model's own `initialize_weights`, from the trial's RNG state: the same values and the same RNG draws as a load;
 - requires_grad flags are put back as loaded;

@@ -1,7 +1,7 @@
 """The classification task inside a trial: tokenized splits, length-bucketed batches, class balance, metrics.
 
-sweeps.trial drives it (loading, quantization, PEFT, the training loop, memory); sweeps.instruct is its sibling
-for the instruction task. `length_batches` is shared by both.
+The trial loop (sweeps/trial/loop.py, train.py) drives it (loading, quantization, PEFT, training, memory);
+instruct.py is its sibling for the instruction task. `length_batches` is shared by both.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def bootstrap_se(y_true: np.ndarray, y_pred: np.ndarray, seed: int = 0, resample
     """Standard errors of accuracy and macro-F1 by the bootstrap over evaluation rows (Efron & Tibshirani 1993).
 
     With scarce labels the validation split is small (120 rows in rank_study): two trials .03 apart in macro-F1
-    are often within one SE of each other, and selection has to know that (sweeps.select compares with it).
+    are often within one SE of each other, and selection has to know that (sweeps/driver/selection compares with it).
     Seeded, so the same predictions always give the same SE.
     """
     n = len(y_true)
@@ -213,7 +213,7 @@ class ClassificationTask:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
 
     def probe_parts(self, params: TrialParams, base_hash: str) -> dict:
-        """Cache key of this task's linear probe (sweeps.probe): base, quantization, pooling, tokens, seed."""
+        """Cache key of this task's linear probe (sweeps/trial/probe.py): base, quantization, pooling, tokens, seed."""
         d = self.spec.data
         return {"kind": "linear-probe", "base": base_hash, "quantization": params.quantization,
                 "double_quant": params.double_quant, "pooling": params.pooling, "seed": self.spec.seed,

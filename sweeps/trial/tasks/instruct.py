@@ -1,6 +1,6 @@
 """The instruction task inside a trial: causal-LM loss on the answers, perplexity, routing accuracy by generation.
 
-sweeps.trial drives it like the classification task (same loading, quantization, PEFT, memory measurement and
+The trial loop drives it like the classification task (same loading, quantization, PEFT, memory measurement and
 training loop); this module supplies the batches, the loss, the evaluation and the generations table.
 
 Two choices that make it affordable on a CPU:
@@ -105,7 +105,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, de
 
 
 class InstructionTask:
-    """Batches, loss and evaluation of the instruction task for sweeps.trial's loop."""
+    """Batches, loss and evaluation of the instruction task for the trial loop (sweeps/trial/train.py)."""
 
     metric_keys = ("loss", "perplexity", "routing_accuracy")
     num_labels = None
@@ -124,7 +124,7 @@ class InstructionTask:
         self.scored = bool(self.data.categories)
         self.route_tokens = self._route_tokens(self.chats[splits[0]])
 
-    # ---- training side, as sweeps.trial's loop calls it
+    # ---- training side, as the trial loop calls it
     def train_batches(self, rng: np.random.Generator, device: str, batches_of):
         rows = self.rows
         if self.params.packing:
@@ -171,7 +171,7 @@ class InstructionTask:
                   generations: bool = False) -> tuple[dict[str, float], list[str]]:
         """The base's own figures on `split` with the adapter off, and its answers for the generations table.
 
-        Shared by every trial and promotion on the same base, quantization and data through sweeps.baseline; a
+        Shared by every trial and promotion on the same base, quantization and data through sweeps/trial/baseline.py; a
         hub model named without a revision may change under its name, so its figures are not kept.
         """
         qconfig = precision.quantization_config(self.params, device)
