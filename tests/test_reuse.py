@@ -216,3 +216,42 @@ def test_instruction_trials_on_a_reused_base_equal_fresh_processes(tmp_path):
     apart = [_run(raw, [r], tmp_path / f"f{i}", reuse_on=False)["metrics"][0] for i, r in enumerate(runs)]
     assert together["metrics"] == apart
     assert together["slot"]
+
+
+def _llama_steps(model, path: Path, params: TrialParams, cached: bool):
+    """Two training steps and an eval pass of a LoRA'd tiny Llama classifier, with or without the prefix cache."""
+    if cached:
+        assert prefix.attach(model, targeting.lowest_block(model, params))
+    torch.manual_seed(5)
+    peft_model = lora.apply_peft(model, params, "classification", 3)
+    opt = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    losses = []
+    for ids, mask, labels in _batches(path)[:2]:
+        loss = torch.nn.functional.cross_entropy(peft_model(input_ids=ids, attention_mask=mask).logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    peft_model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([peft_model(input_ids=ids, attention_mask=mask).logits for ids, mask, _ in _batches(path)])
+    return losses, logits
+
+
+def test_prefix_cache_on_a_llama_classifier_equals_the_plain_forward(tmp_path):
+    """SmolLM2-style decoders: blocks below the adapted ones come from the cache, the upper blocks get them as
+    inputs_embeds; loss and logits match the plain forward and the second pass over the rows computes nothing."""
+    path = _tiny.tiny_llama(tmp_path / "llama")
+    params = TrialParams(rank=4, layers="upper-half")
+    runs = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        model = pretrained.load_base(path, "classification", 3, params, "cpu")
+        runs.append(_llama_steps(model, path, params, cached))
+        if cached:
+            cache = prefix.cache_of(model)
+            assert cache.blocks == 1 and cache.misses == len(cache.rows) > 0 and cache.hits > 0
+    (plain_losses, plain_logits), (cached_losses, cached_logits) = runs
+    assert cached_losses == pytest.approx(plain_losses, abs=1e-5)
+    assert torch.allclose(plain_logits, cached_logits, atol=1e-5)

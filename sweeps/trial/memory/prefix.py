@@ -12,8 +12,12 @@ frozen blocks' dropout, ~1.5x the tokens per CPU-second of the same trial withou
 The one behavioural change: no dropout inside the frozen blocks during training (the adapted blocks and the head
 keep theirs), as in the common "frozen feature extractor" set-up. SWEEPS_FROZEN_PREFIX=0 turns the cache off.
 
-Scope: BERT-family encoders (`<base>.encoder.layer`) fed right-padded `input_ids`; anything else (token_type_ids,
-position_ids, inputs_embeds, left padding, a trainable tensor below block k) runs the normal forward. The cached
+Scope: BERT-family encoders (`<base>.encoder.layer`) and Llama-style decoders (`<base>.layers` with `embed_tokens`
+and a final `norm`: Llama, Mistral, Qwen2, ...; SmolLM2 as a classifier) fed right-padded `input_ids`; anything else
+(token_type_ids, position_ids, inputs_embeds, a KV cache, left padding, a trainable tensor below block k) runs the
+normal forward. A decoder's upper blocks get the cached rows as `inputs_embeds`: positions restart at 0 in every
+row and the causal mask comes from the attention mask, as in the plain forward of right-padded rows. On SmolLM2
+(30 blocks, LoRA on the upper half, 128 tokens) a cached epoch skips half of every forward. The cached
 bytes are held in meter.py as platform memory: they are not charged to any trial's measured peak.
 """
 
@@ -62,13 +66,24 @@ class PrefixCache:
 
 
 def _stack(model: torch.nn.Module):
-    """(the encoder owner e.g. `model.bert`, its `encoder`, the block list) or None for other architectures."""
+    """(the owner e.g. `model.bert` / `model.model`, the module whose forward runs the blocks, the block list) or
+    None for other architectures. For an encoder that module is `owner.encoder`; for a decoder it is the owner."""
     owner = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if owner is None:
+        return None
     encoder = getattr(owner, "encoder", None)
     layers = getattr(encoder, "layer", None)
-    if owner is None or getattr(owner, "embeddings", None) is None or not isinstance(layers, torch.nn.ModuleList):
-        return None
-    return owner, encoder, layers
+    if getattr(owner, "embeddings", None) is not None and isinstance(layers, torch.nn.ModuleList):
+        return owner, encoder, layers
+    layers = getattr(owner, "layers", None)
+    if _is_decoder(owner) and isinstance(layers, torch.nn.ModuleList):
+        return owner, owner, layers
+    return None
+
+
+def _is_decoder(owner: torch.nn.Module) -> bool:
+    return all(isinstance(getattr(owner, name, None), torch.nn.Module) for name in ("embed_tokens", "norm")) and \
+        not hasattr(owner, "encoder")
 
 
 def prepare(model: torch.nn.Module, blocks: int | None) -> int:
@@ -90,6 +105,17 @@ def attach(model: torch.nn.Module, blocks: int | None) -> bool:
     owner, encoder, layers = stack
     state = model.__dict__.setdefault(_ATTR, {"cache": PrefixCache(blocks)})
     prepare(model, blocks)
+    if encoder is owner:
+        hook, forward = None, _decoder_forward(state, owner, layers)
+    else:
+        hook, forward = _encoder_forward(state, owner, encoder, layers)
+    state.update(hook=hook, encoder=encoder)
+    encoder.forward = forward
+    return True
+
+
+def _encoder_forward(state: dict, owner, encoder, layers):
+    """A BERT encoder's forward on the rows after block k (the owner's pre-hook sees the input ids it needs)."""
     seen: dict = {}
 
     def capture(module, args, kwargs):
@@ -111,17 +137,40 @@ def attach(model: torch.nn.Module, blocks: int | None) -> bool:
         finally:
             encoder.layer = layers
 
-    state.update(hook=owner.register_forward_pre_hook(capture, with_kwargs=True), encoder=encoder)
-    encoder.forward = forward
-    return True
+    return owner.register_forward_pre_hook(capture, with_kwargs=True), forward
+
+
+def _decoder_forward(state: dict, owner, layers):
+    """A Llama-style model's forward that takes the rows after block k from the cache and runs only the blocks
+    above k (as `owner.layers`, swapped for the call) on them."""
+    original = type(owner).forward.__get__(owner)
+
+    def forward(input_ids=None, attention_mask=None, position_ids=None, *args, **kwargs):
+        plain = not args and position_ids is None and all(
+            kwargs.get(k) is None for k in ("cache", "past_key_values", "inputs_embeds")) and not kwargs.get(
+            "use_cache") and input_ids is not None
+        feats = _features(state["cache"], owner, layers, {"ids": input_ids, "mask": attention_mask, "plain": True},
+                          None) if plain else None
+        if feats is None:
+            return original(input_ids, attention_mask, position_ids, *args, **kwargs)
+        kwargs.pop("inputs_embeds", None)
+        owner.layers = layers[state["cache"].blocks:]
+        try:
+            return original(None, attention_mask, None, *args, inputs_embeds=feats, **kwargs)
+        finally:
+            owner.layers = layers
+
+    return forward
 
 
 def detach(model: torch.nn.Module) -> None:
     """Back to the plain forward; the cache itself stays on the model for its next trial."""
     state = model.__dict__.get(_ATTR)
-    if state and state.get("hook") is not None:
-        state.pop("hook").remove()
-        state["encoder"].__dict__.pop("forward", None)
+    if state and state.get("encoder") is not None:
+        hook = state.pop("hook", None)
+        if hook is not None:
+            hook.remove()
+        state.pop("encoder").__dict__.pop("forward", None)
 
 
 def cache_of(model: torch.nn.Module) -> PrefixCache | None:
@@ -140,9 +189,10 @@ def _lengths(ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | Non
 
 def _features(cache: PrefixCache, owner, layers, seen: dict, hidden: torch.Tensor) -> torch.Tensor | None:
     ids = seen.get("ids")
-    if ids is None or not seen.get("plain") or tuple(ids.shape) != tuple(hidden.shape[:2]):
+    if ids is None or not seen.get("plain") or (hidden is not None and tuple(ids.shape) != tuple(hidden.shape[:2])):
         return None
-    if any(p.requires_grad for block in layers[:cache.blocks] for p in block.parameters()):
+    below = [_embeddings(owner), *layers[:cache.blocks]]
+    if any(p.requires_grad for module in below for p in module.parameters()):
         return None
     lengths = _lengths(ids, seen.get("mask"))
     if lengths is None:
@@ -160,27 +210,45 @@ def _features(cache: PrefixCache, owner, layers, seen: dict, hidden: torch.Tenso
         for i, row in zip(group, _compute(owner, layers[:cache.blocks], ids[group, :n]), strict=True):
             rows[i] = row
             cache.put(keys[i], row)
-    out = torch.zeros(hidden.shape, dtype=rows[0].dtype)
+    out = torch.zeros((*ids.shape, rows[0].shape[-1]), dtype=rows[0].dtype)
     for i, row in enumerate(rows):
         out[i, :row.shape[0]] = row
-    return out.to(hidden.device)
+    return out.to(ids.device)
+
+
+def _embeddings(owner) -> torch.nn.Module:
+    return owner.embeddings if not _is_decoder(owner) else owner.embed_tokens
 
 
 def _compute(owner, blocks, ids: torch.Tensor) -> list[torch.Tensor]:
     """Unpadded inputs of one length through embeddings + frozen blocks in eval mode (no dropout): one plain CPU
     tensor per row. A row's features do not depend on the rows computed with it (bitwise, checked on AVX2 CPUs),
     so a cache filled by another trial's batches holds what this trial would have computed."""
-    modules = [owner.embeddings, *blocks]
+    modules = [_embeddings(owner), *blocks]
     modes = [m.training for m in modules]
     # inference_mode(False): a row may be reused in a later training step, where inference tensors may not go.
     with torch.inference_mode(False), torch.no_grad():
         try:
             for m in modules:
                 m.eval()
-            hidden = owner.embeddings(input_ids=ids.clone())
-            for block in blocks:
-                hidden = block(hidden, None)
+            if _is_decoder(owner):
+                hidden = _decoder_prefix(owner, blocks, ids.clone())
+            else:
+                hidden = owner.embeddings(input_ids=ids.clone())
+                for block in blocks:
+                    hidden = block(hidden, None)
         finally:
             for m, mode in zip(modules, modes, strict=True):
                 m.train(mode)
         return [row.to("cpu", copy=True) for row in hidden.detach()]
+
+
+def _decoder_prefix(owner, blocks, ids: torch.Tensor) -> torch.Tensor:
+    """The decoder's own forward over blocks [0, k) without its final norm: rotary positions and the causal mask
+    are built exactly as for the full model (unpadded rows, so no attention mask)."""
+    layers, norm = owner.layers, owner.norm
+    owner.layers, owner.norm = torch.nn.ModuleList(blocks), torch.nn.Identity()
+    try:
+        return type(owner).forward(owner, input_ids=ids).last_hidden_state
+    finally:
+        owner.layers, owner.norm = layers, norm
