@@ -8,6 +8,7 @@ Our trial state lives in the tag sweeps.state, because MLflow has no PRUNED stat
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,8 +103,16 @@ class RunLog(Artifacts):
 
     def log_datasets(self, run_id: str, inputs: list) -> None:
         # Logging the same (name, digest) again adds nothing: the store reuses the dataset and the input edge.
-        if inputs:
-            self.client.log_inputs(run_id, datasets=inputs)
+        # Two drivers of one sweep (scale-out) log the same new dataset at once: the loser's INSERT violates the
+        # dataset's unique key, and a second try finds the winner's row and only adds the edge.
+        for attempt in range(3):
+            try:
+                self.client.log_inputs(run_id, datasets=inputs)
+                return
+            except Exception as exc:  # sqlalchemy IntegrityError, raw or wrapped in MlflowException
+                if attempt == 2 or not any(s in str(exc).lower() for s in ("unique", "duplicate key", "integrity")):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def finish_sweep(self, parent_run_id: str, status: str = "FINISHED", metrics: dict | None = None,
                      tags: dict | None = None) -> None:

@@ -38,16 +38,31 @@ def is_locked(exc: BaseException | None) -> bool:
     return False
 
 
-def retry(fn: Callable[[], T], what: str, attempts: int = 8) -> T:
+def is_schema_race(exc: BaseException | None) -> bool:
+    """Two processes creating the tables of a fresh PostgreSQL study database at once: the loser's
+    `CREATE TYPE studydirection` (or CREATE TABLE) violates a catalog unique index. The winner's schema is
+    complete a moment later, so opening the storage again succeeds (tests/test_scaleout.py, two drivers)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        text = str(exc).lower()
+        if "pg_type_typname_nsp_index" in text or ("already exists" in text and "create " in text):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
+def retry(fn: Callable[[], T], what: str, attempts: int = 8,
+          transient: Callable[[BaseException], bool] = is_locked) -> T:
     """Retry a storage call that hit a locked database; back off with jitter so two drivers interleave."""
     delay = 0.2
     for attempt in range(attempts):
         try:
             return fn()
         except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in several optuna types
-            if not is_locked(exc) or attempt == attempts - 1:
+            if not transient(exc) or attempt == attempts - 1:
                 raise
-            log.warning("study database locked during %s; retry %d/%d", what, attempt + 1, attempts)
+            log.warning("study database busy (locked, or its schema being created) during %s; retry %d/%d", what,
+                        attempt + 1, attempts)
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
@@ -100,4 +115,4 @@ def open_storage(url: str) -> PatientStorage:
     """The study database at `url` (SQLAlchemy), every call retried on a lock; SQLite waits SQLITE_TIMEOUT_S."""
     sqlite = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     return retry(lambda: PatientStorage(url, engine_kwargs=sqlite if url.startswith("sqlite") else {}),
-                 "open storage")
+                 "open storage", transient=lambda exc: is_locked(exc) or is_schema_race(exc))

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from sweeps.spec import DataSpec
 from sweeps.trial.data import labelled, reading
 from sweeps.trial.data.reading import DataError
-from sweeps.spec import DataSpec
 
 IGNORE = -100  # label of a token the loss skips (torch's cross_entropy ignore_index default)
 ROLES = ("system", "user", "assistant")

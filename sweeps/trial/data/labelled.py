@@ -12,7 +12,6 @@ import html
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import datasets
 import numpy as np
