@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 SWEEP = str(Path(PY).with_name("sweep"))
-DEFAULT_SPEC = ROOT / "search_spaces" / "rank_study.yaml"
+DEFAULT_SPEC = ROOT / "search_spaces" / "rank_study_minilm.yaml"
 
 
 # ---------------------------------------------------------------- the machine
