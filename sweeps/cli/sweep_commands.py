@@ -24,6 +24,9 @@ def run(
     from sweeps.store import SweepBusy
 
     view = LiveView(spec, console, enabled=live and console.is_terminal)
+    if spec.task == "classification":  # the linear probe runs the frozen base over every row: minutes on a CPU
+        console.print(f"{spec.name}: checking inputs; baselines (majority class, linear probe on the frozen "
+                      f"{spec.model.base}) are computed once per base and data, then cached", highlight=False)
     try:
         with view:
             outcome = run_sweep(spec, spec_file.read_text(encoding="utf-8"), address, listener=view.update,

@@ -92,7 +92,7 @@ def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     fit = probe.cached(parts)
     if fit is None:
         model = loop.load_model(spec, params, base, tokenizer, task, device)
-        fit = probe.compute(model, task, device, parts)
+        fit = probe.compute(model, task, device, parts, bf16=loop.use_bf16(params, device))
         del model
     out = {}
     for name, figures in (("majority", fit["majority"]), ("linear-probe", fit)):

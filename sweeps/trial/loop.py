@@ -62,7 +62,7 @@ def _set_threads() -> int:
     return torch.get_num_threads()
 
 
-def _use_bf16(params: TrialParams, device: str) -> bool:
+def use_bf16(params: TrialParams, device: str) -> bool:
     if params.bf16 == "auto":
         return precision.detect_bf16(device)
     return params.bf16 == "on"
@@ -104,7 +104,8 @@ def _probe_for(spec: SweepSpec, params: TrialParams, model, task, device: str, b
     if head is None:
         raise TrialFailed(f"head_init=probe: {type(model).__name__} has no linear classifier/score head")
     name = "classifier" if getattr(model, "classifier", None) is head else "score"
-    return name, probe.compute(model, task, device, task.probe_parts(params, pretrained.content_hash(base)))
+    return name, probe.compute(model, task, device, task.probe_parts(params, pretrained.content_hash(base)),
+                               bf16=use_bf16(params, device))
 
 
 def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
@@ -122,7 +123,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
     task = make_task(spec, params, tokenizer, fold=None if fold == "all" else fold)
-    bf16 = _use_bf16(params, device)
+    bf16 = use_bf16(params, device)
     pretrained.warm_imports(base, spec.task, params)
     stats = {"tokens": 0, "train_seconds": 0.0}
     extra: dict[str, float] = {}
@@ -182,7 +183,7 @@ def evaluate_adapter(spec: SweepSpec, params: TrialParams, adapter_dir: Path, sp
         raise ValueError(f"{adapter_dir} was trained on labels {labels_file.read_text()}, data has "
                          f"{task.data.labels}")
     model = disk.load_adapter(load_model(spec, params, base, tokenizer, task, device), adapter_dir)
-    bf16 = _use_bf16(params, device)
+    bf16 = use_bf16(params, device)
     metrics = task.evaluate(model, device, bf16, split)
     if spec.task == "instruction":
         zero, _ = task.zero_shot(model, device, bf16, base, split)

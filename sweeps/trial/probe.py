@@ -32,31 +32,38 @@ def head_module(model: torch.nn.Module) -> torch.nn.Linear | None:
     return None
 
 
-def features(model: torch.nn.Module, ds, pad_id: int, batch_size: int, device: str) -> np.ndarray:
-    """(rows, hidden) inputs of the model's head, in row order: what a linear probe sees."""
+def features(model: torch.nn.Module, ds, pad_id: int, batch_size: int, device: str, bf16: bool = False
+             ) -> np.ndarray:
+    """(rows, hidden) inputs of the model's head, in row order: what a linear probe sees.
+
+    Rows run in length-sorted batches (little padding) under the trials' bf16 autocast where they use it: on
+    SmolLM2 (30 blocks, 128 tokens, 1000 rows) this took the probe from ~2 min to well under one."""
     head = head_module(model)
     if head is None:
         raise ValueError(f"{type(model).__name__} has no linear `classifier` or `score` head to probe")
     seen: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().float()))
     cols = {"input_ids": ds["input_ids"], "labels": ds["labels"]}
-    out = []
+    lengths = np.array([len(x) for x in cols["input_ids"]])
+    out = np.empty((0, 0), dtype=np.float32)
     model.eval()
     try:
         with torch.inference_mode():
-            for start in range(0, len(cols["input_ids"]), batch_size):
-                idx = np.arange(start, min(start + batch_size, len(cols["input_ids"])))
+            for idx in classify.length_batches(lengths, batch_size, np.random.default_rng(0), shuffle=False):
                 batch = classify.collate(cols, idx, pad_id, device)
                 seen.clear()
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                    model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
                 x = seen[-1]
                 if x.dim() == 3:  # a decoder scores every position and keeps the last real token (right padding)
                     last = batch["attention_mask"].sum(1) - 1
                     x = x[torch.arange(x.shape[0]), last.to(x.device)]
-                out.append(x.cpu().numpy())
+                if out.size == 0:
+                    out = np.empty((len(lengths), x.shape[-1]), dtype=np.float32)
+                out[idx] = x.cpu().numpy()
     finally:
         hook.remove()
-    return np.concatenate(out)
+    return out
 
 
 def _fit(x: np.ndarray, y: np.ndarray, num_labels: int, weight_decay: float) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +116,12 @@ def majority(train_labels, splits: dict[str, np.ndarray]) -> dict:
             **{split: classify.scores(np.asarray(y), np.full(len(y), top)) for split, y in splits.items()}}
 
 
-def compute(model, task, device: str, parts: dict, splits=("train", "validation", "test")) -> dict:
+def compute(model, task, device: str, parts: dict, splits=("train", "validation", "test"), bf16: bool = False
+            ) -> dict:
     """The probe (and the majority class) for `task`'s splits, from the cache when there."""
     def run() -> dict:
-        feats = {s: (features(model, task.splits[s], task.pad_id, 32, device), np.asarray(task.splits[s]["labels"]))
+        feats = {s: (features(model, task.splits[s], task.pad_id, 32, device, bf16),
+                     np.asarray(task.splits[s]["labels"]))
                  for s in splits if s in task.splits}
         probe = linear_probe(feats["train"], feats["validation"], task.num_labels, feats.get("test"))
         probe["majority"] = majority(feats["train"][1], {s: f[1] for s, f in feats.items()})

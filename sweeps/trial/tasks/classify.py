@@ -213,10 +213,12 @@ class ClassificationTask:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
 
     def probe_parts(self, params: TrialParams, base_hash: str) -> dict:
-        """Cache key of this task's linear probe (sweeps/trial/probe.py): base, quantization, pooling, tokens, seed."""
+        """Cache key of this task's linear probe (sweeps/trial/probe.py): base, quantization, pooling, bf16, tokens,
+        seed."""
         d = self.spec.data
         return {"kind": "linear-probe", "base": base_hash, "quantization": params.quantization,
                 "double_quant": params.double_quant, "pooling": params.pooling, "seed": self.spec.seed,
+                "bf16": params.bf16,
                 "k_per_class": params.k_per_class,
                 "tokens": tokenized.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
 
