@@ -24,7 +24,7 @@ from sweeps.spec import SweepSpec
 from sweeps.spec.params import TrialParams
 from sweeps.trial import probe
 from sweeps.trial.adapters import disk, lora
-from sweeps.trial.memory import reuse
+from sweeps.trial.memory import meter, reuse
 from sweeps.trial.memory.meter import PeakMemory
 from sweeps.trial.models import precision, pretrained
 from sweeps.trial.tasks.classify import ClassificationTask
@@ -60,6 +60,13 @@ def _set_threads() -> int:
     if value.isdigit() and int(value) > 0:
         torch.set_num_threads(int(value))
     return torch.get_num_threads()
+
+
+def _bound_kernel_cache() -> None:
+    # oneDNN (the bf16 matmuls of AVX512-BF16/AMX CPUs) keeps a primitive per GEMM shape, up to 1024; length-
+    # bucketed batches bring many shapes, and on SmolLM2 that cache grew by ~600 MB inside a worker's first trial,
+    # in its measured peak and not in its later trials'. oneDNN reads this when it builds its first primitive.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 
 def use_bf16(params: TrialParams, device: str) -> bool:
@@ -119,6 +126,7 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         return crossval.run(spec, params, Path(out_dir), report, device)
     device = pick_device(device)
     threads = _set_threads()
+    _bound_kernel_cache()
     seed_everything(spec.seed)
     base = pretrained.resolve_base(spec.model)
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
@@ -131,6 +139,12 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         model = load_model(spec, params, base, tokenizer, task, device, peak=pm)
         stats["base_weight_bytes"] = precision.weight_bytes(model)
         check_memory(params, pm, "after loading the base")
+        if spec.task == "classification" and task.prefill(model, bf16):
+            # A worker's first trial computed the frozen-prefix rows (platform work, kept for its later trials):
+            # measure from here, the base charged as in a reused worker, so first and later trials compare.
+            meter.trim()
+            pm.restart()
+            reuse.charge_again(pm)
         probe_head = _probe_for(spec, params, model, task, device, base)
         model = lora.apply_peft(model, params, spec.task, task.num_labels)
         if probe_head is not None:  # LP-FT: the trained head copy starts from the probe, the base keeps its own

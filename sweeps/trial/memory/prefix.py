@@ -173,6 +173,39 @@ def detach(model: torch.nn.Module) -> None:
         state.pop("encoder").__dict__.pop("forward", None)
 
 
+def fill(model: torch.nn.Module, rows, batch_size: int = 16) -> int:
+    """Compute the features of the token-id rows (lists of ids, unpadded) not yet cached: the rows training and
+    validation will ask for, before the trial trains. A worker's first trial then trains, and is measured, on a
+    warm cache like its later trials (on SmolLM2 the fill held ~1 GB of transient heap inside the first epoch).
+    Call under the trial's autocast, like the training forward that would otherwise compute them. Returns the
+    number of rows computed (0: nothing attached, or everything cached)."""
+    state = model.__dict__.get(_ATTR)
+    stack = _stack(model)
+    if not state or state.get("encoder") is None or stack is None:
+        return 0
+    cache, (owner, _, layers) = state["cache"], stack
+    if any(p.requires_grad for module in [_embeddings(owner), *layers[:cache.blocks]] for p in module.parameters()):
+        return 0
+    device = next(owner.parameters()).device
+    todo: dict[int, dict[bytes, torch.Tensor]] = {}
+    for row in rows:
+        ids = torch.as_tensor(list(row), dtype=torch.long)
+        key = ids.numpy().tobytes()  # the key _features builds from a batch row
+        if key not in cache.rows:
+            todo.setdefault(len(ids), {})[key] = ids
+    computed = 0
+    for group in todo.values():  # equal lengths together: batches without padding, as in _features
+        items = list(group.items())
+        for start in range(0, len(items), batch_size):
+            part = items[start:start + batch_size]
+            ids = torch.stack([x for _, x in part]).to(device)
+            for (key, _), feats in zip(part, _compute(owner, layers[:cache.blocks], ids), strict=True):
+                cache.put(key, feats)
+                computed += 1
+    cache.misses += computed
+    return computed
+
+
 def cache_of(model: torch.nn.Module) -> PrefixCache | None:
     state = model.__dict__.get(_ATTR)
     return state["cache"] if state else None
@@ -249,6 +282,6 @@ def _decoder_prefix(owner, blocks, ids: torch.Tensor) -> torch.Tensor:
     layers, norm = owner.layers, owner.norm
     owner.layers, owner.norm = torch.nn.ModuleList(blocks), torch.nn.Identity()
     try:
-        return type(owner).forward(owner, input_ids=ids).last_hidden_state
+        return type(owner).forward(owner, input_ids=ids, use_cache=False).last_hidden_state
     finally:
         owner.layers, owner.norm = layers, norm

@@ -45,7 +45,7 @@ class _Entry:
     load_peak_bytes: int
 
 
-_SLOT: dict[str, _Entry | None] = {"entry": None}
+_SLOT: dict = {"entry": None}  # entry: the cached _Entry; charge: (resident, load peak) of the last base
 
 
 def enabled() -> bool:
@@ -86,7 +86,15 @@ def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams,
         if enabled():
             _SLOT["entry"] = entry
     prefix.attach(entry.model, _blocks(entry.model, task, params))
+    _SLOT["charge"] = (entry.resident_bytes, entry.load_peak_bytes)
     return entry.model
+
+
+def charge_again(peak: meter.PeakMemory) -> None:
+    """After `peak.restart()` inside a trial: charge the base of the last base_for_trial as a reused worker's
+    trial is charged (its resident bytes and its load peak), whether it was loaded fresh or reused."""
+    resident, load_peak = _SLOT.get("charge", (0, 0))
+    peak.charge(resident, load_peak)
 
 
 def release(model: Any) -> None:

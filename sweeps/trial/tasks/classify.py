@@ -212,6 +212,16 @@ class ClassificationTask:
     def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
 
+    def prefill(self, model, bf16: bool) -> int:
+        """Frozen-prefix features of the training and validation rows, computed before training (prefix.fill)."""
+        from sweeps.trial.memory import prefix
+
+        rows = [ids for split in ("train", "validation") if split in self.splits
+                for ids in self.splits[split]["input_ids"]]
+        device = next(model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return prefix.fill(model, rows, self.params.batch_size)
+
     def probe_parts(self, params: TrialParams, base_hash: str) -> dict:
         """Cache key of this task's linear probe (sweeps/trial/probe.py): base, quantization, pooling, bf16, tokens,
         seed."""
