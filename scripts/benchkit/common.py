@@ -111,9 +111,13 @@ def _progress(result: dict, elapsed: float) -> None:
               flush=True)
 
 
+PEER_CHILDREN = {"hf", "raytune", "setfit", "pick_test"}  # in peer_children.py; the others in children.py
+
+
 def child(name: str, payload: dict, env: dict[str, str] | None = None, timeout: float = 3600) -> Child:
-    """`python scripts/benchkit/children.py NAME JSON`: a measurement in a fresh process."""
-    return run([PY, str(ROOT / "scripts" / "benchkit" / "children.py"), name, json.dumps(payload)], env, timeout)
+    """`python scripts/benchkit/children.py NAME JSON` (or peer_children.py): a measurement in a fresh process."""
+    script = "peer_children.py" if name in PEER_CHILDREN else "children.py"
+    return run([PY, str(ROOT / "scripts" / "benchkit" / script), name, json.dumps(payload)], env, timeout)
 
 
 def threads_env(n: int) -> dict[str, str]:
