@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchkit import replay, report  # noqa: E402
+from benchkit import replay, report, report_peers  # noqa: E402
 
 AXES = ["rank", "alpha_ratio", "target", "learning_rate"]
 
@@ -120,7 +120,7 @@ def test_markdown_has_every_figure_with_command_machine_and_goal():
 
 def test_markdown_states_unmet_goals():
     data = _data()
-    data["sections"]["overhead"]["summary"].update(ratio_concurrent=1.2)
+    data["sections"]["overhead"]["summary"].update(ratio_serial=1.2)  # the headline: parallelism held equal
     data["sections"]["search"]["summary"]["by_budget"]["8"]["tied"] = ["gp"]  # auto behind the best
     text = report.render(data)
     assert text.count("**not met**") == 2
@@ -235,7 +235,7 @@ def test_markdown_recipes_and_memory_account_figures_are_in_the_record():
 
 def _hf_text(summary: dict, runs: list | None = None) -> str:
     lines: list = []
-    report._hf(lines, {"summary": summary, "runs": runs or []})
+    report_peers.hf(lines, {"summary": summary, "runs": runs or []})
     return "\n".join(lines)
 
 

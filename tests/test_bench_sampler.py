@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchkit import replay, report  # noqa: E402
+from benchkit import replay, report_quality  # noqa: E402
 
 SPACE = {"rank": [2, 8, 32], "alpha_ratio": [0.5, 2.0], "target": ["attention", "ffn"],
          "learning_rate": [0.0005, 0.002]}
@@ -96,7 +96,7 @@ def _record(finals_by_budget: dict[int, dict[str, list[float]]]) -> dict:
 
 def _render(rec: dict) -> str:
     lines: list = []
-    report._search(lines, rec)
+    report_quality.search(lines, rec)
     return "\n".join(lines)
 
 
@@ -106,7 +106,7 @@ def test_markdown_calls_a_gp_that_ties_tpe_not_better_and_states_the_caveat():
     text = _render(_record({8: tie, 16: tie}))
     assert "| gp | **0.850 ± 0.029** | **0.850 ± 0.029** |" in text
     assert "| nsga2 | 0.610 ± 0.006 (behind) |" in text
-    assert "| within 2 SE of the best | gp, tpe, auto | gp, tpe, auto |" in text
+    assert "| within 2 SE of the highest mean | gp, tpe, auto | gp, tpe, auto |" in text
     assert "gp is **not** better beyond 2 SE than: tpe at 8, tpe at 16." in text
     assert "8 trials vs tpe: +0.003 ± 0.012 (tie)" in text and "8 trials vs random: +0.140 ±" in text
     assert "within 2 SE of the best at every budget: **met**" in text
