@@ -84,31 +84,44 @@ def throughput(ctx, record: dict) -> None:
     """Each variant in a fresh process; repeats go round-robin over the variants so drifting load hits all.
 
     "second in its process" is a trial after another one in the same worker (what a sweep's reused Ray workers
-    run): the base comes from the worker's slot and its frozen-prefix cache is warm."""
+    run): the base comes from the worker's slot and its frozen-prefix cache is warm; "first in its process" is a
+    worker's first trial: the base is loaded and the cache filled during the trial (cold). Rows come in pairs that
+    differ by one lever (bucketing, bf16, reuse + cache, cold vs warm), so each lever's share is visible; a row
+    that forces bf16 on is skipped where the machine has no bf16 hardware (emulated bf16 is ~100x slower)."""
     spec = bench_spec(ctx.work, "bench_throughput", {"rank": [8]}, data=ctx.data, params={"epochs": ctx.tp_epochs})
     fp32 = {"bf16": "off"}
-    variants = {
-        "plain PEFT loop, pad to max_length, fixed order (1 thread)": lambda: _plain(ctx, spec, 1),
-        "plain loop + length bucketing (1 thread)": lambda: _plain(ctx, spec, 1, bucket=True),
-        "our trial, fp32, no reuse, no prefix cache: length bucketing only (1 thread)": lambda: _ours(
-            ctx, spec, 1, True, fp32, NO_LEVERS),
-        "+ bf16 autocast only (`bf16: on`; 1 thread)": lambda: _ours(ctx, spec, 1, True, {"bf16": "on"}, NO_LEVERS),
-        "+ reuse + frozen-prefix cache only (fp32), second in its process (1 thread)": lambda: _ours(
-            ctx, spec, 1, True, fp32),
-        "our trial as shipped (`bf16: auto`, reuse, prefix cache), first in its process (1 thread)": lambda: _ours(
-            ctx, spec, 1, False),
-        "our trial as shipped, second in its process (1 thread)": lambda: _ours(ctx, spec, 1, True),
-        "plain PEFT loop (2 threads)": lambda: _plain(ctx, spec, 2),
-        "our trial as shipped, second in its process (2 threads)": lambda: _ours(ctx, spec, 2, True),
-        "our trials as shipped, 2 processes x 1 thread at once (sum)": lambda: _concurrent(ctx, spec),
+    variants = {  # label: (key, measurement)
+        "plain PEFT loop, pad to max_length, fixed order (1 thread)": ("plain", lambda: _plain(ctx, spec, 1)),
+        "plain loop + length bucketing (1 thread)": ("plain_bucketed", lambda: _plain(ctx, spec, 1, bucket=True)),
+        "our trial, fp32, no reuse, no prefix cache: length bucketing only (1 thread)": (
+            "bucketing", lambda: _ours(ctx, spec, 1, True, fp32, NO_LEVERS)),
+        "+ bf16 autocast only (`bf16: on`; 1 thread)": (
+            "bf16", lambda: _ours(ctx, spec, 1, True, {"bf16": "on"}, NO_LEVERS)),
+        "+ reuse + frozen-prefix cache only (fp32), first in its process: cold cache (1 thread)": (
+            "cache_cold", lambda: _ours(ctx, spec, 1, False, fp32)),
+        "+ reuse + frozen-prefix cache only (fp32), second in its process: warm cache (1 thread)": (
+            "cache_warm", lambda: _ours(ctx, spec, 1, True, fp32)),
+        "our trial as shipped (`bf16: auto`, reuse, prefix cache), first in its process (1 thread)": (
+            "shipped_cold", lambda: _ours(ctx, spec, 1, False)),
+        "our trial as shipped, second in its process (1 thread)": ("shipped_warm", lambda: _ours(ctx, spec, 1, True)),
+        "plain PEFT loop (2 threads)": ("plain_2", lambda: _plain(ctx, spec, 2)),
+        "our trial as shipped, second in its process (2 threads)": (
+            "shipped_warm_2", lambda: _ours(ctx, spec, 2, True)),
+        "our trials as shipped, 2 processes x 1 thread at once (sum)": (
+            "shipped_2x1", lambda: _concurrent(ctx, spec)),
     }
+    machine = record.get("machine") or {}
+    bf16_hw = bool(machine.get("gpu")) or bool({"amx_bf16", "avx512_bf16"} & set(machine.get("cpu_flags") or []))
     rows = {r["label"]: r for r in record.get("rows", []) if r["label"] in variants}
     record["rows"] = list(rows.values())
     for rep in range(ctx.repeats_for("throughput")):
-        for label, measure in variants.items():
-            row = rows.setdefault(label, {"label": label, "wall": [], "cpu": [], "macro_f1": []})
+        for label, (key, measure) in variants.items():
+            row = rows.setdefault(label, {"label": label, "key": key, "wall": [], "cpu": [], "macro_f1": []})
             if label not in [r["label"] for r in record["rows"]]:
                 record["rows"].append(row)
+            if key == "bf16" and not bf16_hw:
+                row["skipped"] = "no bf16 hardware (AMX, AVX512-BF16 or a GPU): emulated bf16 is ~100x slower"
+                continue
             if len(row["wall"]) > rep:
                 continue
             value = measure()

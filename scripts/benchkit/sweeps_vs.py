@@ -14,7 +14,8 @@ from pathlib import Path
 from benchkit.common import SWEEP, Child, bench_spec, child, grid_points, log, median, run, threads_env
 
 SPACE8 = {"rank": [4, 16], "alpha_ratio": [1.0, 4.0], "learning_rate": [0.001, 0.003]}
-CORES = os.cpu_count() or 1
+# all cores; BENCH_CORES=N caps it (a smoke run beside other work: the `all cores` figures then use N)
+CORES = int(os.environ.get("BENCH_CORES") or 0) or os.cpu_count() or 1
 
 
 def specs(ctx) -> dict[str, Path]:
@@ -48,8 +49,9 @@ def timeline(spec: Path, store: Path, launched: float, ended: float) -> dict:
     parent = next((s for s in tracker.sweeps() if s["name"] == name), {})
     records = [r for r in tracker.trial_records(name) if r.end_time]
     spans = sorted((r.start_time / 1000 - launched, r.end_time / 1000 - launched) for r in records)
-    trials = [{"macro_f1": r.metrics.get("macro_f1"), "wall_seconds": r.metrics.get("wall_seconds"),
-               "train_seconds": r.metrics.get("train_seconds"), "params": r.params} for r in records]
+    trials = [{**{k: r.metrics.get(k) for k in ("macro_f1", "macro_f1_se", "peak_memory_mb", "trainable_params",
+                                                "wall_seconds", "train_seconds")}, "params": r.params}
+              for r in records]
     return {"parent_start": (parent.get("start_time") or 0) / 1000 - launched if parent else None,
             "first_trial_start": spans[0][0] if spans else None, "last_trial_end": spans[-1][1] if spans else None,
             "trial_spans": spans, "trials": trials, "exit": ended - launched,
@@ -70,6 +72,9 @@ def bare_loop(ctx, spec: Path, tag: str) -> dict:
 
 
 def overhead(ctx, record: dict) -> None:
+    """The headline: `sweep run` with one trial at a time on all cores against the bare loop (the same parallelism,
+    so the ratio is the platform's own cost); the default layout (two 1-thread trials at once) as a second line.
+    Each repeat runs the three one after another; min / median / max over the repeats."""
     paths = specs(ctx)
     record["configs"] = grid_points(SPACE8)
     record["runs"] = runs = record.get("runs", [])
@@ -81,16 +86,17 @@ def overhead(ctx, record: dict) -> None:
         log(f"  sweep run {concurrent['wall']:.0f} s; sweep run, 1 x {CORES} threads")
         serial = sweep_run(paths["serial"], ctx.work / f"store-serial-{rep}")
         log(f"  sweep run (serial) {serial['wall']:.0f} s")
-        runs.append({"bare": bare, "concurrent": concurrent, "serial": serial})
+        runs.append({"bare": bare, "concurrent": concurrent, "serial": serial, "ratio_serial": serial["wall"] /
+                     bare["wall"], "ratio_concurrent": concurrent["wall"] / bare["wall"]})
         ctx.save()
-    record["summary"] = {
-        "bare_wall": median([r["bare"]["wall"] for r in runs]),
-        "concurrent_wall": median([r["concurrent"]["wall"] for r in runs]),
-        "serial_wall": median([r["serial"]["wall"] for r in runs]),
-        "ratio_concurrent": median([r["concurrent"]["wall"] / r["bare"]["wall"] for r in runs]),
-        "ratio_serial": median([r["serial"]["wall"] / r["bare"]["wall"] for r in runs]),
-        "repeats": len(runs)}
-    ctx.shared["sweep_concurrent"] = runs[-1]["concurrent"]
+    record["summary"] = summary = {"repeats": len(runs), "threads": CORES}
+    for key, values in (("bare_wall", [r["bare"]["wall"] for r in runs]),
+                        ("concurrent_wall", [r["concurrent"]["wall"] for r in runs]),
+                        ("serial_wall", [r["serial"]["wall"] for r in runs]),
+                        ("ratio_serial", [r["ratio_serial"] for r in runs]),
+                        ("ratio_concurrent", [r["ratio_concurrent"] for r in runs])):
+        summary.update({key: median(values), f"{key}_min": min(values), f"{key}_max": max(values)})
+    ctx.shared.update(sweep_concurrent=runs[-1]["concurrent"], sweep_store=ctx.work / f"store-sweep-{len(runs) - 1}")
 
 
 def hf(ctx, record: dict) -> None:
@@ -117,13 +123,8 @@ def hf(ctx, record: dict) -> None:
                   "test_macro_f1_se": final["test_macro_f1_se"], "majority_macro_f1": majority, "epochs": epochs}
         log(f"  HF {hf_row['search_wall']:.0f} s, best validation macro-F1 {hf_row['best_macro_f1']:.3f}, "
             f"test {hf_row['test_macro_f1']:.3f} (majority {majority:.3f})")
-        _check_learned(hf_row, strict=not ctx.quick)
-        sweep, store = ctx.shared.get("sweep_concurrent") if rep == 0 else None, ctx.work / "store-sweep-0"
-        if sweep is None or not (store / "mlflow.db").is_file():
-            log("  sweep run, 2 concurrent x 1 thread")
-            store = ctx.work / f"store-hfsweep-{rep}"
-            sweep = sweep_run(paths["concurrent"], store)
-        pick = sweep_pick(paths["concurrent"], store)
+        _check_learned(hf_row, [e["macro_f1"] for e in epochs], strict=not ctx.quick)
+        sweep, store, pick = shared_sweep(ctx, paths["concurrent"], fresh=rep > 0)
         log(f"  sweep {sweep['wall']:.0f} s, best validation macro-F1 {pick['best_macro_f1']:.3f}, "
             f"test {pick['test_macro_f1']:.3f}")
         runs.append({"hf": hf_row, "sweep": {**{k: sweep[k] for k in ("wall", "trials")}, **pick}})
@@ -137,17 +138,34 @@ def hf(ctx, record: dict) -> None:
            for k in ("best_macro_f1", "best_macro_f1_se", "test_macro_f1", "test_macro_f1_se")}}
 
 
-HF_MIN_MACRO_F1 = 0.45  # the default spec's trials reach .5-.55 on validation; the majority class .26
+def shared_sweep(ctx, spec: Path, fresh: bool = False) -> tuple[dict, Path, dict]:
+    """The concurrent `sweep run` of this invocation (the overhead section's last one) and its pick scored on test;
+    run here when there is none (or `fresh`). Kept in ctx.shared for the next section that compares with it."""
+    sweep, store = ctx.shared.get("sweep_concurrent"), ctx.shared.get("sweep_store")
+    if fresh or sweep is None or store is None or not (store / "mlflow.db").is_file():
+        log("  sweep run, 2 concurrent x 1 thread")
+        store = ctx.work / f"store-cmpsweep-{time.time_ns()}"
+        sweep = sweep_run(spec, store)
+        ctx.shared.update(sweep_concurrent=sweep, sweep_store=store, sweep_pick=None)
+    pick = ctx.shared.get("sweep_pick") or sweep_pick(spec, store)
+    ctx.shared["sweep_pick"] = pick
+    return sweep, store, pick
 
 
-def _check_learned(hf_row: dict, strict: bool = True) -> None:
-    """Raise if HF's best validation macro-F1 is not well above the majority class (strict: and >= .45)."""
-    best, majority = hf_row["best_macro_f1"], hf_row["majority_macro_f1"]
-    floor = max(majority + 0.1, HF_MIN_MACRO_F1) if strict else majority + 0.1
-    if best < floor:
-        message = (f"HF Trainer's best validation macro-F1 {best:.3f} is below {floor:.3f} (majority class "
-                   f"{majority:.3f}): its trials did not learn; per-epoch scores "
-                   f"{[round(e['macro_f1'], 3) for e in hf_row['epochs']]}")
+MIN_MACRO_F1 = 0.45  # the default spec's trials reach .5-.55 on validation; the majority class .26
+
+
+def _check_learned(row: dict, scores: list[float] | None = None, strict: bool = True, tool: str = "HF Trainer"
+                   ) -> None:
+    """Raise if a tool's best validation macro-F1 is not well above the majority class (strict: and >= .45);
+    `scores`: its trials' validation macro-F1 (per epoch or per trial; default row["epochs"]), for the message."""
+    best, majority = row["best_macro_f1"], row["majority_macro_f1"]
+    scores = [e["macro_f1"] for e in row.get("epochs", [])] if scores is None else scores
+    floor = max(majority + 0.1, MIN_MACRO_F1) if strict else majority + 0.1
+    if best is None or best < floor:
+        message = (f"{tool}'s best validation macro-F1 {best if best is None else round(best, 3)} is below "
+                   f"{floor:.3f} (majority class {majority:.3f}): its trials did not learn; scores "
+                   f"{[round(x, 3) for x in scores if x is not None]}")
         if strict:
             raise RuntimeError(message)
         log(f"  WARNING (quick run, not raised): {message}")
