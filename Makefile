@@ -17,8 +17,11 @@ test: setup
 lint: setup
 	$(PY) -m ruff check .
 
-# BENCHMARKS.md (issue 6): about 40 min on 2 cores; BENCH_ARGS=--quick for a smoke run, --only SECTIONS for some
+# BENCHMARKS.md (issues 6, 18): about 1 h 50 min on 2 quiet cores (scripts/bench.py's docstring has each section's share);
+# BENCH_ARGS=--quick for a smoke run (~20 min), --only SECTIONS for some. The `bench` extra (SetFit, a peer) is
+# installed here only, so `make run` / `make test` never pull it.
 bench: setup
+	$(PY) -c "import setfit" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check -q -e ".[bench]"
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
