@@ -101,8 +101,10 @@ def overhead(ctx, record: dict) -> None:
 
 def hf(ctx, record: dict) -> None:
     """`sweep run` against HF Trainer.hyperparameter_search on the same 8 points and the same trial recipe
-    (children.hf: rows, mean-pooled model, weighted loss, head learning rate, schedule). Each tool's pick is its
-    best validation macro-F1 trial (last epoch, as both score a trial); its test macro-F1 is measured once.
+    (hf_child.hf: rows, batch order, mean-pooled model, no dropout below the adapters, weighted loss, head learning
+    rate, schedule, no pruning: an HF trial follows run_trial's of the same point step for step, up to rounding).
+    Each tool's pick is its best validation macro-F1 trial (last epoch, as both score a trial); its test macro-F1
+    is measured once.
     Raises when HF's best validation macro-F1 is not clearly above the majority class: a run that learned
     nothing compares nothing."""
     paths = specs(ctx)
