@@ -36,7 +36,7 @@ def test_validate_ok(tmp_path):
 def test_validate_reports_three_mistakes_and_exits_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     text = (ROOT / "search_spaces" / "rank_study.yaml").read_text()
-    text = text.replace("  epochs: 3", "  epochs: 3\n  rank: 0").replace("  trials: 12", "  trials: 12\n  trails: 3")
+    text = text.replace("  epochs: 3", "  epochs: 3\n  rank: 0").replace("budget:\n", "budget:\n  trails: 3\n")
     text = text.replace("metric: trainable_params", "metric: trainable")
     bad.write_text(text)
     store = tmp_path / "store"
