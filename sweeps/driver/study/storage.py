@@ -61,8 +61,8 @@ def retry(fn: Callable[[], T], what: str, attempts: int = 8,
         except Exception as exc:  # sqlalchemy's OperationalError arrives wrapped in several optuna types
             if not transient(exc) or attempt == attempts - 1:
                 raise
-            log.warning("study database busy (locked, or its schema being created) during %s; retry %d/%d", what,
-                        attempt + 1, attempts)
+            log.warning("study database locked during %s; retry %d/%d (a lock, or another driver creating the "
+                        "schema)", what, attempt + 1, attempts)
             time.sleep(delay + random.random() * delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
