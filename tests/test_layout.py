@@ -30,8 +30,9 @@ OWNERS = {
 }
 SOLE_OWNER = ("ray", "optuna", "mlflow", "peft")  # one folder each, holding nothing but that concern's code
 SIDES = {"spec", "driver", "trial", "tracking", "production", "cli"}
-# framework-free modules every side shares; mlmodel only keeps versions registered before the folders loadable
-SHARED = {"__init__", "store", "faults", "bundled", "digest", "mlmodel"}
+# framework-free modules every side shares; mlmodel only keeps versions registered before the folders loadable;
+# hub_guard keeps bitsandbytes from fetching a kernel from the Hub at import (installed by sweeps/__init__)
+SHARED = {"__init__", "store", "faults", "bundled", "digest", "mlmodel", "hub_guard"}
 # the trial code must run without a cluster, a study or a tracking server
 FORBIDDEN_ON_TRIAL_SIDE = {"ray", "mlflow", "optuna"}
 NOT_FROM_TRIAL_SIDE = ("sweeps.driver", "sweeps.tracking", "sweeps.production", "sweeps.cli", "sweeps.mlmodel")
