@@ -16,7 +16,9 @@ bare loop of run_trial, parallelism held equal, 3 repeats; 16 min), hf (sweep ru
 with our recipe; 5 min), raytune (plain Ray Tune: Tuner + OptunaSearch + ASHAScheduler around run_trial; 3 min),
 setfit (SetFit on the MiniLM body and the same splits; needs the `bench` extra; 7-12 min), search (samplers replayed
 on the grid, 10 seeds; 26 min), recipes (scarce-label levers: LP-FT, epochs with best-epoch restore, all blocks, 128
-tokens, head-only; 3 seeds each, test macro-F1 against the linear probe; 25 min); not run unless named: grid.
+tokens, head-only; 3 seeds each, test macro-F1 against the linear probe; 25 min), sampler_tuning (the sampler's
+settings replayed on a second grid, the polarity task's, so the search section is out of sample; ~10 min); not run
+unless named: grid, grid_polarity (the two recorded tables, ~8 min each).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
@@ -36,15 +38,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import peers, provenance, recipes, report, sections, sweeps_vs  # noqa: E402
+from benchkit import peers, provenance, recipes, report, sections, sweeps_vs, tuning  # noqa: E402
 from benchkit.common import ROOT, Results, log, quick_data, workdir  # noqa: E402
 
 SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sections.throughput,
             "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
             "raytune": peers.raytune, "setfit": peers.setfit, "search": sections.search, "grid": sections.grid,
-            "levers": sections.levers, "recipes": recipes.recipes, "memory_account": recipes.memory_account}
+            "levers": sections.levers, "recipes": recipes.recipes, "memory_account": recipes.memory_account,
+            "grid_polarity": tuning.grid_polarity, "sampler_tuning": tuning.sampler_tuning}
 DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "raytune",
-           "setfit", "search", "recipes"]
+           "setfit", "sampler_tuning", "search", "recipes"]
 REPEATS = {"cli": 5, "throughput": 2, "memory": 1, "overhead": 3, "hf": 1, "memory_account": 3}
 QUICK_REPEATS = {"cli": 3, "throughput": 1, "memory": 1, "overhead": 1, "hf": 1, "memory_account": 1}
 QUICK_ROWS = 120
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         chosen = [s for s in chosen if s != "grid"] + ["grid"]  # a tiny grid to replay on
         chosen.remove("search")
         chosen.append("search")
-        ctx.grid_file = work / "grid_quick.csv"
+        ctx.grid_file = work / "grid_reviews_quick.csv"
         ctx.plot_path = work / "bench_search_hv.png"  # a 4-point grid's plot is no figure for docs/
     log(f"sections {', '.join(chosen)}; scratch {work}; results {results.path}")
     started = time.time()

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from benchkit import provenance, report  # noqa: E402
+from benchkit import provenance, replay, report  # noqa: E402
 
 MACHINE = {"cores": 2, "cpu": "Xeon", "cpu_flags": ["amx_bf16", "avx2"], "gpu": None, "python": "3.11.7",
            "torch": "2.13.0+cpu", "load_average": [0.42, 0.5, 0.5]}
@@ -76,6 +76,11 @@ def _results() -> dict:
                         "vs_probe_mean": 0.0459, "vs_probe_se": 0.0074, "vs_default_mean": None,
                         "vs_default_se": None, "verdict": "reference", "train_seconds": 133.9,
                         "peak_memory_mb": 434.8}}},
+        "sampler_tuning": {**_head(), "table": "benchmarks/grid_polarity.csv", "grid_points": 135, "seeds": 3,
+                           "budgets": [8], "replay_seconds": 41.2, "by_budget": {"8": {
+                               **replay.compare({"startup 2": [0.61, 0.72, 0.66], "startup 4": [0.64, 0.75, 0.69],
+                                                 "startup 6": [0.41, 0.52, 0.46]}),
+                               "product": "startup 4", "auto_is": "gp"}}},
     }}
 
 
@@ -168,7 +173,7 @@ def test_every_section_prints_command_machine_and_load():
     text, _ = _render(_results())
     sections = text.split("\n## ")[1:]
     measured = [s for s in sections if not s.startswith(("Tools at a glance", "GPU"))]
-    assert len(measured) == 7
+    assert len(measured) == 8
     for s in measured:
         assert "Command: `python scripts/bench.py --only x`" in s, s[:60]
         assert "load average (1 min) at start 0.4, at end 1.4" in s, s[:60]
@@ -205,3 +210,16 @@ def test_committed_benchmarks_md_is_the_render_of_the_committed_json():
     data = json.loads((ROOT / "BENCHMARKS.json").read_text(encoding="utf-8"))
     assert report.render(copy.deepcopy(data)) == (ROOT / "BENCHMARKS.md").read_text(encoding="utf-8"), (
         "BENCHMARKS.md is not what the report writes from BENCHMARKS.json: `python scripts/bench.py --render`")
+
+
+def test_sampler_tuning_marks_our_setting_and_calls_a_setting_behind_only_beyond_2_se():
+    text, _ = _render(_results())
+    section = text.split("## Sampler settings, chosen on the second grid")[1].split("\n## ")[0]
+    assert "| 8 | gp startup 4 (ours) | 0.693 ± 0.032 | **best** |" in section
+    assert "| 8 | gp startup 2 | 0.663 ± 0.032 | tie |" not in section  # lead .03, paired SE 0: behind
+    assert "| 8 | gp startup 6 | 0.463 ± 0.032 | behind |" in section
+    assert "at every budget on this second grid: **met**" in section
+    data = _results()
+    data["sections"]["sampler_tuning"]["by_budget"]["8"]["product"] = "startup 6"
+    text, _ = _render(data)
+    assert "at every budget on this second grid: **not met**" in text

@@ -58,12 +58,15 @@ def _sampler(kind: str, seed: int, budget: int, concurrency: int, space: dict):
 
 
 def replay(kind: str, seed: int, n_trials: int, space: dict, table: dict, budget: int | None = None,
-           concurrency: int = 2) -> list[list[float]]:
-    """The objective vectors of the first n_trials points `kind` proposes, in proposal order."""
+           concurrency: int = 2, make=None) -> list[list[float]]:
+    """The objective vectors of the first n_trials points `kind` proposes, in proposal order. make(seed), when
+    given, builds the sampler instead of make_sampler (a setting under study: benchkit/tuning.py)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     sampler, dists = _sampler(kind, seed, budget or n_trials, concurrency, space)
+    if make is not None:
+        sampler = make(seed)
     study = optuna.create_study(directions=[d for _, d in OBJECTIVES], sampler=sampler)
     axes = list(space)
     seen: list[list[float]] = []

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from benchkit import report_peers, report_quality
+from benchkit import report_peers, report_quality, tuning
 from benchkit.report_fmt import GOALS, derived, met
 
 
@@ -152,6 +152,8 @@ SECTIONS = [("cli", "CLI start", _cli), ("overhead", "Platform overhead", report
             ("memory_account", "Where a MiniLM trial's peak memory goes", report_quality.memory_account),
             ("recipes", "Recipes for scarce labels, lever by lever", report_quality.recipes),
             ("grid", "Grid (tabular benchmark)", _grid),
+            ("grid_polarity", "Second grid (the polarity task)", _grid),
+            ("sampler_tuning", "Sampler settings, chosen on the second grid", tuning.render),
             ("search", "Search efficiency (replay on the grid)", report_quality.search)]
 NEEDS_ALL = {"setfit"}  # renderers that read other sections' records too (fn(lines, rec, data))
 

@@ -177,17 +177,22 @@ def _ray_start(ctx) -> dict:
 
 def grid(ctx, record: dict) -> None:
     """Every grid point once through run_trial, 2 worker processes x 1 thread, appended as it goes (resumable)."""
+    build_grid(ctx, record, "grid_reviews", GRID_FILE, ctx.data)
+
+
+def build_grid(ctx, record: dict, name: str, target: Path, data: dict | None) -> None:
+    """The grid of `name` (the default spec with `data` merged into its data block) written to `target`."""
     space = QUICK_GRID if ctx.quick else GRID
-    target = ctx.work / "grid_quick.csv" if ctx.quick else GRID_FILE
+    target = ctx.work / f"{target.stem}_quick.csv" if ctx.quick else target
     points = grid_points(space)
-    spec = bench_spec(ROOT / "benchmarks" if not ctx.quick else ctx.work, "grid_reviews", space,
-                      data=ctx.data, params={"epochs": 1}, budget={"trials": len(points)})
+    spec = bench_spec(ROOT / "benchmarks" if not ctx.quick else ctx.work, name, space,
+                      data=data, params={"epochs": 1}, budget={"trials": len(points)})
     parts = [target.with_name(f"{target.stem}.part{i}.csv") for i in range(2)]
-    log(f"grid: {len(points)} points, 1 epoch each, 2 processes x 1 thread -> {target}")
+    log(f"{name}: {len(points)} points, 1 epoch each, 2 processes x 1 thread -> {target}")
     jobs = [threading.Thread(target=child, args=("trials", {
-        "spec": str(spec), "configs": points[i::2], "out": str(ctx.work / f"grid{i}"), "csv": str(parts[i]),
+        "spec": str(spec), "configs": points[i::2], "out": str(ctx.work / f"{name}{i}"), "csv": str(parts[i]),
         "axes": GRID_AXES, "columns": GRID_COLUMNS}),
-        kwargs={"env": {**threads_env(1), "SWEEPS_STORE": str(ctx.work / "store-grid")}, "timeout": 6 * 3600})
+        kwargs={"env": {**threads_env(1), "SWEEPS_STORE": str(ctx.work / f"store-{name}")}, "timeout": 6 * 3600})
         for i in range(2)]
     for job in jobs:
         job.start()
