@@ -223,3 +223,15 @@ def test_sampler_tuning_marks_our_setting_and_calls_a_setting_behind_only_beyond
     data["sections"]["sampler_tuning"]["by_budget"]["8"]["product"] = "startup 6"
     text, _ = _render(data)
     assert "at every budget on this second grid: **not met**" in text
+
+
+def test_setfit_below_the_linear_probe_is_called_weak_evidence():
+    data = _results()
+    probe = {**data["sections"]["recipes"]["summary"]["default recipe"], "test_mean": 0.4262, "test_se": 0.018,
+             "reference_row": True, "verdict": "worse"}
+    data["sections"]["recipes"]["summary"]["linear probe"] = probe
+    text, saved = _render(data)
+    assert "caveat: SetFit ends below the linear probe on the frozen body (0.426 ± 0.018" in text
+    assert provenance.unsourced(text, saved) == []
+    probe["test_mean"] = 0.30  # SetFit (.339) above the probe: no caveat
+    assert "caveat: SetFit" not in _render(data)[0]

@@ -187,7 +187,17 @@ def setfit(lines: list, rec: dict, data: dict) -> None:
         behind += [label] if "behind" in verdict else []
         lines.append(f"- {label}: {pm(value, se)}: {verdict}")
     lines += [f"- where we lose: {', '.join(behind)} ends below SetFit beyond 2 SE" if behind else
-              "- our adapters match or beat SetFit here", ""]
+              "- our adapters match or beat SetFit here"]
+    probe = ((data.get("sections", {}).get("recipes") or {}).get("summary") or {}).get("linear probe")
+    if probe and probe.get("test_mean") is not None and test["macro_f1"] < probe["test_mean"]:
+        # A peer below the frozen body's own linear probe is run badly or suits the data badly: say so, since
+        # a win over it is weak evidence.
+        shown = pm(probe["test_mean"], probe["test_se"])
+        lines.append(f"- caveat: SetFit ends below the linear probe on the frozen body ({shown}, recipes "
+                     "section): its contrastive stage, as run here, loses what the "
+                     "frozen embeddings had; a SetFit tuned for this data (more pair iterations, its differentiable "
+                     "head) may do better, so this win is weak evidence")
+    lines.append("")
 
 
 def tools(lines: list, data: dict) -> None:
