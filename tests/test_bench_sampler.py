@@ -110,7 +110,7 @@ def test_markdown_calls_a_gp_that_ties_tpe_not_better_and_states_the_caveat():
     assert "gp is **not** better beyond 2 SE than: tpe at 8, tpe at 16." in text
     assert "8 trials vs tpe: +0.003 ± 0.012 (tie)" in text and "8 trials vs random: +0.140 ±" in text
     assert "within 2 SE of the best at every budget: **met**" in text
-    assert "chosen by replaying on this same grid" in text and "no second recorded table" in text
+    assert "first chosen by replaying on this grid" in text and "`benchmarks/grid_polarity.csv`" in text
     assert "![HV vs trials](docs/hv.png)" in text
 
 
