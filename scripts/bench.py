@@ -18,7 +18,8 @@ setfit (SetFit on the MiniLM body and the same splits; needs the `bench` extra; 
 on the grid, 10 seeds; 26 min), recipes (scarce-label levers: LP-FT, epochs with best-epoch restore, all blocks, 128
 tokens, head-only; 3 seeds each, test macro-F1 against the linear probe; 25 min), sampler_tuning (the sampler's
 settings replayed on a second grid, the polarity task's, so the search section is out of sample; ~10 min); not run
-unless named: grid, grid_polarity (the two recorded tables, ~8 min each).
+unless named: grid, grid_polarity (the two recorded tables, ~8 min each), recipes_smollm2 (the recipes section's
+levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half, 6 epochs + restore; 3 seeds; ~40 min).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
@@ -44,7 +45,8 @@ from benchkit.common import ROOT, Results, log, quick_data, workdir  # noqa: E40
 SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sections.throughput,
             "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
             "raytune": peers.raytune, "setfit": peers.setfit, "search": sections.search, "grid": sections.grid,
-            "levers": sections.levers, "recipes": recipes.recipes, "memory_account": recipes.memory_account,
+            "levers": sections.levers, "recipes": recipes.recipes, "recipes_smollm2": recipes.recipes_smollm2,
+            "memory_account": recipes.memory_account,
             "grid_polarity": tuning.grid_polarity, "sampler_tuning": tuning.sampler_tuning}
 DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "raytune",
            "setfit", "sampler_tuning", "search", "recipes"]

@@ -230,6 +230,37 @@ def test_markdown_recipes_and_memory_account_figures_are_in_the_record():
     _table_figures_come_from(section, mem, {"MB": 2**20})
 
 
+def test_recipes_smollm2_trains_the_shipped_default_and_says_which_spec(tmp_path):
+    from types import SimpleNamespace
+
+    from benchkit import recipes
+    from sweeps.spec import load_spec
+
+    ctx = SimpleNamespace(work=tmp_path, data=None)
+    shipped = load_spec(recipes._spec(ctx, 14, 3, {}, recipes.SHIPPED))
+    assert (shipped.model.base, shipped.seed, shipped.params.layers) == ("bundled:smollm2-135m-instruct", 14, "22-29")
+    assert shipped.data.max_length == 128
+    minilm = load_spec(recipes._spec(ctx, 14, 3, {}))
+    assert minilm.model.base == "bundled:all-minilm-l6-v2" and minilm.seed == 14
+    assert recipes.SHIPPED.arms["upper half (blocks 15-29)"] == {"layers": "upper-half"}
+    assert shipped.trial_params({**recipes.SHIPPED_BASE, "layers": "upper-half"}).layers == "upper-half"
+
+    data = _data()
+    head = {k: data["sections"]["cli"][k] for k in ("command", "machine", "started", "status")}
+    arms = ["default recipe", "LP-FT"]
+    runs, baselines = _recipe_runs()
+    runs = [r for r in runs if r["arm"] in arms]
+    rec = {**head, "spec": "search_spaces/rank_study.yaml", "arms": arms, "seeds": [13, 14, 15],
+           "base": recipes.SHIPPED_BASE, "epochs": 3, "overrides": {a: recipes.SHIPPED_ARMS[a] for a in arms},
+           "runs": runs, "baselines": baselines, "summary": recipes.summarize(arms, runs, baselines)}
+    data["sections"].update(recipes_smollm2=rec)
+    section = _section_text(report.render(data), "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)")
+    assert "of `search_spaces/rank_study.yaml`'s fixed params with rank 8, alpha_ratio 2, learning_rate 0.001" in \
+        section
+    assert "| LP-FT |" in section and "better" in section
+    _table_figures_come_from(section, rec)
+
+
 # ---------------------------------------------------------------- hf: same recipe, test figures (issue 18)
 
 

@@ -185,13 +185,13 @@ def quick_data(workdir: Path, rows: int) -> dict:
 
 
 def bench_spec(workdir: Path, name: str, space: dict, *, params: dict | None = None, budget: dict | None = None,
-               data: dict | None = None, sampler: str = "grid") -> Path:
-    """The default spec (rank_study.yaml) with another name, space, sampler, budget: written as YAML."""
+               data: dict | None = None, sampler: str = "grid", source: Path = DEFAULT_SPEC) -> Path:
+    """A spec (default: rank_study_minilm.yaml) with another name, space, sampler, budget: written as YAML."""
     import yaml
 
-    raw = yaml.safe_load(DEFAULT_SPEC.read_text())
+    raw = yaml.safe_load(source.read_text())
     raw["name"] = name
-    raw["description"] = f"scripts/bench.py: {DEFAULT_SPEC.name} with this search space"
+    raw["description"] = f"scripts/bench.py: {source.name} with this search space"
     raw["params"] = {**raw.get("params", {}), **(params or {})}
     raw["search"] = {"sampler": sampler, "space": space}
     raw["budget"] = {**raw.get("budget", {}), **(budget or {})}

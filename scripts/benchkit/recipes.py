@@ -1,9 +1,11 @@
-"""Sections `recipes` and `memory_account` of scripts/bench.py (issue 14).
+"""Sections `recipes`, `recipes_smollm2` and `memory_account` of scripts/bench.py (issue 14).
 
-recipes: scarce-label levers one by one on the default spec (search_spaces/rank_study.yaml's fixed params, rank 8,
+recipes: scarce-label levers one by one on MiniLM (search_spaces/rank_study_minilm.yaml's fixed params, rank 8,
 alpha_ratio 2, lr 2e-3), each arm trained once per seed in a fresh child process (1 thread, 2 at a time), its saved
-adapter evaluated once on the test split. The seed is the spec's `seed`: it changes the validation carve and the
-training order, so the spread over seeds is the run-to-run noise a user would see.
+adapter evaluated once on the test split. recipes_smollm2: the same on the shipped default
+(search_spaces/rank_study.yaml: SmolLM2-135M, the top 8 blocks, rank 8, alpha_ratio 2, lr 1e-3).
+The seed is the spec's `seed`: it changes the validation carve and the training order, so the spread over seeds
+is the run-to-run noise a user would see.
 
 memory_account: where a MiniLM trial's measured peak goes, and whether the same configuration measures the same
 peak first in a fresh process and second in a reused one (the goal: within 5 %).
@@ -16,11 +18,12 @@ import os
 import statistics
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-from benchkit.common import bench_spec, child, log, threads_env
+from benchkit.common import DEFAULT_SPEC, ROOT, bench_spec, child, log, threads_env
 
-# The trial every arm starts from: the default spec's fixed params plus these (rank_study.yaml's search space).
+# The trial every arm starts from: the spec's fixed params plus these (a point of its search space).
 RECIPE_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 2e-3}
 # name -> overrides of TrialParams, or of the spec's data fields as "data.<field>". Edit freely; the first arm
 # named REFERENCE is what the others are compared with (paired per seed).
@@ -34,7 +37,28 @@ RECIPE_ARMS: dict[str, dict] = {
     "head-only (probe head, fine-tuned)": {"method": "head-only", "head_init": "probe", "epochs": 6,
                                            "restore_best": True},
 }
+# The shipped default (rank_study.yaml: SmolLM2, top 8 blocks, 128 tokens), with the levers that cost least time.
+SHIPPED_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 1e-3}
+SHIPPED_ARMS: dict[str, dict] = {
+    "default recipe": {},  # 3 epochs, 128 tokens head+tail, attention of blocks 22-29, random head
+    "LP-FT": {"head_init": "probe"},
+    "upper half (blocks 15-29)": {"layers": "upper-half"},
+    "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
+}
 REFERENCE = "default recipe"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One lever study: which spec, which base point, which arms, which record key (--resume reads it)."""
+    key: str
+    spec: Path
+    base: dict
+    arms: dict
+
+
+MINILM = Setup("recipes", DEFAULT_SPEC, RECIPE_BASE, RECIPE_ARMS)
+SHIPPED = Setup("recipes_smollm2", ROOT / "search_spaces" / "rank_study.yaml", SHIPPED_BASE, SHIPPED_ARMS)
 SPEC_EPOCHS = 3  # the default spec's epochs: an arm's `epochs` scales with --quality-epochs / this (quick: 1)
 SEEDS_FROM = 13  # rank_study.yaml's seed: the first seed is the shipped spec's own split
 REFERENCE_ROWS = {"linear probe": "linear-probe", "majority class": "majority"}
@@ -81,13 +105,13 @@ def verdict(gain: float | None, se: float | None, n: int) -> str:
 _SPEC_LOCK = threading.Lock()  # two trials of one seed write the same spec file: one at a time, whole
 
 
-def _spec(ctx, seed: int, epochs: int, data: dict) -> Path:
+def _spec(ctx, seed: int, epochs: int, data: dict, setup: Setup = MINILM) -> Path:
     import yaml
 
-    name = f"bench_recipes_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(data.items()))
+    name = f"bench_{setup.key}_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(data.items()))
     with _SPEC_LOCK:
-        path = bench_spec(ctx.work, name, {"rank": [RECIPE_BASE["rank"]]}, params={"epochs": epochs},
-                          data={**(ctx.data or {}), **data})
+        path = bench_spec(ctx.work, name, {"rank": [setup.base["rank"]]}, params={"epochs": epochs},
+                          data={**(ctx.data or {}), **data}, source=setup.spec)
         raw = yaml.safe_load(path.read_text())
         raw["seed"] = seed
         tmp = path.with_suffix(".tmp")
@@ -144,42 +168,49 @@ def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
     return out
 
 
-def recipes(ctx, record: dict) -> None:
+def recipes_smollm2(ctx, record: dict) -> None:
+    """The lever study on the shipped default spec (SmolLM2): what `make run` trains."""
+    recipes(ctx, record, SHIPPED)
+
+
+def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
     """Every arm once per seed, each trial in a fresh 1-thread child process, two at a time."""
-    arms = ctx.recipe_arms or list(RECIPE_ARMS)
-    unknown = [a for a in arms if a not in RECIPE_ARMS]
+    arms = (ctx.recipe_arms if setup is MINILM else None) or list(setup.arms)  # --recipe-arms: MiniLM's arms
+    unknown = [a for a in arms if a not in setup.arms]
     if unknown:
-        raise ValueError(f"unknown recipe arm(s) {unknown}; known: {', '.join(RECIPE_ARMS)}")
+        raise ValueError(f"unknown recipe arm(s) {unknown}; known: {', '.join(setup.arms)}")
     n_seeds = 1 if ctx.quick else (ctx.recipe_seeds or 3)
     seeds = [SEEDS_FROM + i for i in range(n_seeds)]
-    env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / "store-recipes")}
-    record.update(arms=arms, seeds=seeds, overrides={a: RECIPE_ARMS[a] for a in arms}, base=RECIPE_BASE,
-                  epochs=ctx.quality_epochs, runs=[], baselines={})
+    env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / f"store-{setup.key}")}
+    record.update(spec=str(setup.spec.relative_to(ROOT)), arms=arms, seeds=seeds,
+                  overrides={a: setup.arms[a] for a in arms}, base=setup.base, epochs=ctx.quality_epochs, runs=[],
+                  baselines={})
     lock = threading.Lock()
     # --resume: rows of an earlier run with the same settings are kept, and only the missing ones run
-    previous = ctx.shared.get("previous", {}).get("recipes", {})
+    previous = ctx.shared.get("previous", {}).get(setup.key, {})
     same = ctx.shared.get("resume") and previous.get("epochs") == ctx.quality_epochs and \
-        previous.get("base") == RECIPE_BASE
+        previous.get("base") == setup.base
     if same:
         record["baselines"] = {k: v for k, v in previous.get("baselines", {}).items() if int(k) in seeds}
         record["runs"] = [r for r in previous.get("runs", []) if r.get("arm") in arms and r.get("seed") in seeds]
-        log(f"recipes: resuming, {len(record['runs'])} trial(s) and {len(record['baselines'])} baseline(s) kept")
+        log(f"{setup.key}: resuming, {len(record['runs'])} trial(s) and {len(record['baselines'])} baseline(s) kept")
     have = {(r["arm"], r["seed"]) for r in record["runs"]}
 
     def baseline(seed: int) -> None:  # first, so the LP-FT arms find the probe cached (same key)
-        spec = _spec(ctx, seed, ctx.quality_epochs, {})
+        spec = _spec(ctx, seed, ctx.quality_epochs, {}, setup)
         done = child("baselines", {"spec": str(spec)}, env=env)
         with lock:
             record["baselines"][str(seed)] = {k: v for k, v in done.result.items() if k not in ("phase", "seed")}
             ctx.save()
         lp = done.result["linear-probe"]
-        log(f"recipes: seed {seed}: linear probe val {lp['validation.macro_f1']:.3f} test {lp['test.macro_f1']:.3f}")
+        log(f"{setup.key}: seed {seed}: linear probe val {lp['validation.macro_f1']:.3f} "
+            f"test {lp['test.macro_f1']:.3f}")
 
     def trial(arm: str, seed: int) -> None:
-        params, data = _split(RECIPE_ARMS[arm], ctx.quality_epochs)
-        spec = _spec(ctx, seed, ctx.quality_epochs, data)
-        config = {**RECIPE_BASE, **params}
-        out = ctx.work / "recipes" / f"{arms.index(arm)}-s{seed}"
+        params, data = _split(setup.arms[arm], ctx.quality_epochs)
+        spec = _spec(ctx, seed, ctx.quality_epochs, data, setup)
+        config = {**setup.base, **params}
+        out = ctx.work / setup.key / f"{arms.index(arm)}-s{seed}"
         done = child("recipe", {"spec": str(spec), "config": config, "out": str(out), "arm": arm, "seed": seed},
                      env=env, timeout=3 * 3600)
         row = next(r for r in done.results if r.get("phase") == "trial")
@@ -187,10 +218,10 @@ def recipes(ctx, record: dict) -> None:
             record["runs"].append({k: v for k, v in row.items() if k != "phase"})
             record["summary"] = summarize(arms, record["runs"], record["baselines"])
             ctx.save()
-        log(f"recipes: {arm}, seed {seed}: val {row['val_macro_f1']:.3f}, test {row['test_macro_f1']:.3f}, "
+        log(f"{setup.key}: {arm}, seed {seed}: val {row['val_macro_f1']:.3f}, test {row['test_macro_f1']:.3f}, "
             f"train {row['train_seconds']:.0f} s, peak {row['peak_memory_mb']:.0f} MB")
 
-    log(f"recipes: {len(arms)} arms x {len(seeds)} seeds ({seeds}), default {ctx.quality_epochs} epochs, "
+    log(f"{setup.key}: {len(arms)} arms x {len(seeds)} seeds ({seeds}), default {ctx.quality_epochs} epochs, "
         "one fresh 1-thread process per trial, 2 at a time")
     with ThreadPoolExecutor(max_workers=2) as pool:
         list(pool.map(baseline, [s for s in seeds if str(s) not in record["baselines"]]))
@@ -201,7 +232,7 @@ def recipes(ctx, record: dict) -> None:
     if errors:
         raise errors[0]
     for arm, s in record["summary"].items():
-        log(f"recipes: {arm}: test {s['test_mean']:.3f}, vs probe {s['vs_probe_mean']:+.3f}, {s['verdict']}")
+        log(f"{setup.key}: {arm}: test {s['test_mean']:.3f}, vs probe {s['vs_probe_mean']:+.3f}, {s['verdict']}")
 
 
 def memory_account(ctx, record: dict) -> None:
