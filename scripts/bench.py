@@ -19,7 +19,8 @@ on the grid, 10 seeds; 26 min), recipes (scarce-label levers: LP-FT, epochs with
 tokens, head-only; 3 seeds each, test macro-F1 against the linear probe; 25 min), sampler_tuning (the sampler's
 settings replayed on a second grid, the polarity task's, so the search section is out of sample; ~10 min); not run
 unless named: grid, grid_polarity (the two recorded tables, ~8 min each), recipes_smollm2 (the recipes section's
-levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half, 6 epochs + restore; 3 seeds; ~40 min).
+levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half with 3 or 2 epochs, 6 epochs +
+restore; 3 seeds; ~40 min).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.

@@ -43,6 +43,7 @@ SHIPPED_ARMS: dict[str, dict] = {
     "default recipe": {},  # 3 epochs, 128 tokens head+tail, attention of blocks 22-29, random head
     "LP-FT": {"head_init": "probe"},
     "upper half (blocks 15-29)": {"layers": "upper-half"},
+    "upper half, 2 epochs": {"layers": "upper-half", "epochs": 2},  # the upper half in about the default's time
     "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
 }
 REFERENCE = "default recipe"
