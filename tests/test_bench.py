@@ -234,6 +234,7 @@ def test_recipes_smollm2_trains_the_shipped_default_and_says_which_spec(tmp_path
     from types import SimpleNamespace
 
     from benchkit import recipes
+
     from sweeps.spec import load_spec
 
     ctx = SimpleNamespace(work=tmp_path, data=None)
