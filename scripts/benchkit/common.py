@@ -185,8 +185,12 @@ def quick_data(workdir: Path, rows: int) -> dict:
 
 
 def bench_spec(workdir: Path, name: str, space: dict, *, params: dict | None = None, budget: dict | None = None,
-               data: dict | None = None, sampler: str = "grid", source: Path = DEFAULT_SPEC) -> Path:
-    """A spec (default: rank_study_minilm.yaml) with another name, space, sampler, budget: written as YAML."""
+               data: dict | None = None, sampler: str = "grid", source: Path = DEFAULT_SPEC,
+               seed: int | None = None) -> Path:
+    """A spec (default: rank_study_minilm.yaml) with another name, space, sampler, budget, seed: written as YAML.
+
+    Written whole (a temporary file, then a rename): a child process may be reading the same path while another
+    thread writes it again, and must never see a half-written or seedless spec."""
     import yaml
 
     raw = yaml.safe_load(source.read_text())
@@ -197,10 +201,14 @@ def bench_spec(workdir: Path, name: str, space: dict, *, params: dict | None = N
     raw["budget"] = {**raw.get("budget", {}), **(budget or {})}
     if data:
         raw["data"] = {**raw["data"], **data}
+    if seed is not None:
+        raw["seed"] = seed
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / f"{name}.yaml"
     shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-    path.write_text(f"# Run: sweep run {shown}\n" + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+    tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
+    tmp.write_text(f"# Run: sweep run {shown}\n" + yaml.safe_dump(raw, sort_keys=False, default_flow_style=None))
+    os.replace(tmp, path)
     return path
 
 

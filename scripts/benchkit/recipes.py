@@ -14,7 +14,6 @@ peak first in a fresh process and second in a reused one (the goal: within 5 %).
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -103,23 +102,11 @@ def verdict(gain: float | None, se: float | None, n: int) -> str:
     return "tie"
 
 
-_SPEC_LOCK = threading.Lock()  # two trials of one seed write the same spec file: one at a time, whole
-
-
 def _spec(ctx, seed: int, epochs: int, data: dict, setup: Setup = MINILM) -> Path:
-    import yaml
-
+    """The arm's spec; two trials of one seed write the same file (same content), each whole (bench_spec)."""
     name = f"bench_{setup.key}_s{seed}" + "".join(f"_{k}{v}" for k, v in sorted(data.items()))
-    with _SPEC_LOCK:
-        path = bench_spec(ctx.work, name, {"rank": [setup.base["rank"]]}, params={"epochs": epochs},
-                          data={**(ctx.data or {}), **data}, source=setup.spec)
-        raw = yaml.safe_load(path.read_text())
-        raw["seed"] = seed
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(path.read_text().splitlines()[0] + "\n" + yaml.safe_dump(raw, sort_keys=False,
-                                                                                default_flow_style=None))
-        os.replace(tmp, path)
-    return path
+    return bench_spec(ctx.work, name, {"rank": [setup.base["rank"]]}, params={"epochs": epochs},
+                      data={**(ctx.data or {}), **data}, source=setup.spec, seed=seed)
 
 
 def _split(overrides: dict, base_epochs: int) -> tuple[dict, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from benchkit.common import DEFAULT_SPEC, ROOT
 from benchkit.report_fmt import derived, median, met, pm
 
 
@@ -108,7 +109,7 @@ def recipes(lines: list, rec: dict) -> None:
     base = ", ".join(f"{k} {v:g}" for k, v in (rec.get("base") or {}).items())
     lines += [f"Each arm is one trial per seed (spec seeds {', '.join(map(str, seeds))}: each seed carves another "
               "validation split out of the training data and trains in another order, so the spread over seeds is "
-              f"the honest noise) of `{rec.get('spec', 'search_spaces/rank_study_minilm.yaml')}`'s fixed params "
+              f"the honest noise) of `{rec.get('spec', DEFAULT_SPEC.relative_to(ROOT))}`'s fixed params "
               f"with {base} and the arm's "
               f"overrides; {_epochs(rec, rec.get('epochs'))}. Each trial runs in a fresh 1-thread process, two at a "
               "time; its saved adapter is evaluated once on the test split, which no choice inside the trial sees "
