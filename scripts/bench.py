@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen.append("search")
         ctx.grid_file = work / "grid_reviews_quick.csv"
         ctx.plot_path = work / "bench_search_hv.png"  # a 4-point grid's plot is no figure for docs/
+    if args.quick and not tuning.GRID2_FILE.is_file() and "sampler_tuning" in chosen:
+        chosen = [s for s in chosen if s != "grid_polarity"]  # the tiny second grid, just before its replay
+        chosen.insert(chosen.index("sampler_tuning"), "grid_polarity")
     log(f"sections {', '.join(chosen)}; scratch {work}; results {results.path}")
     started = time.time()
     failed = []

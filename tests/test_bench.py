@@ -303,3 +303,18 @@ def test_hf_section_fails_loudly_when_hf_did_not_learn():
         sweeps_vs._check_learned({**row, "best_macro_f1": 0.40})  # above majority + .1 but under .45
     sweeps_vs._check_learned({**row, "best_macro_f1": 0.52})
     sweeps_vs._check_learned({**row, "best_macro_f1": 0.40}, strict=False)  # quick runs only warn
+
+
+def test_quick_sampler_tuning_replays_the_recorded_second_grid(tmp_path):
+    """--quick trains nothing new for the replay: with benchmarks/grid_polarity.csv checked in, it replays that
+    table (budget 8 only) instead of asking for a quick grid that no quick run records (make bench --quick failed)."""
+    from types import SimpleNamespace
+
+    from benchkit import tuning
+
+    assert tuning.GRID2_FILE.is_file()
+    record: dict = {}
+    tuning.sampler_tuning(SimpleNamespace(quick=True, work=tmp_path, seeds=2), record)
+    assert record["table"] == "benchmarks/grid_polarity.csv" and record["budgets"] == [8]
+    assert record["grid_points"] == 135 and set(record["by_budget"]["8"]["finals"]) == {
+        "startup 2", "startup 4", "startup 6"}

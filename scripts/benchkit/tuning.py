@@ -46,7 +46,9 @@ def _gp(n_startup: int):
 
 def sampler_tuning(ctx, record: dict) -> None:
     """GP start-up counts per budget, and gp vs tpe at the switch budget, replayed on the second grid."""
-    table_path = ctx.work / "grid_polarity_quick.csv" if ctx.quick else GRID2_FILE
+    # replaying costs no training: --quick replays the recorded table too (fewer seeds and budgets), and only a
+    # checkout without it replays the tiny grid that --quick then records first (bench.py)
+    table_path = GRID2_FILE if GRID2_FILE.is_file() or not ctx.quick else ctx.work / "grid_polarity_quick.csv"
     if not table_path.is_file():
         raise FileNotFoundError(f"{table_path}: run `python scripts/bench.py --only grid_polarity` first")
     space, table = replay.load_table(table_path, GRID_AXES)
