@@ -47,6 +47,7 @@ SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sect
             "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
             "raytune": peers.raytune, "setfit": peers.setfit, "search": sections.search, "grid": sections.grid,
             "levers": sections.levers, "recipes": recipes.recipes, "recipes_smollm2": recipes.recipes_smollm2,
+            "recipes_condition": recipes.recipes_condition,
             "memory_account": recipes.memory_account,
             "grid_polarity": tuning.grid_polarity, "sampler_tuning": tuning.sampler_tuning}
 DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "raytune",

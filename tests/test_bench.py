@@ -262,6 +262,29 @@ def test_recipes_smollm2_trains_the_shipped_default_and_says_which_spec(tmp_path
     _table_figures_come_from(section, rec)
 
 
+def test_every_arm_of_every_lever_study_is_a_valid_trial_of_its_spec(tmp_path):
+    """An arm that names a field or value its spec rejects fails here, not 40 minutes into a bench run."""
+    from types import SimpleNamespace
+
+    from benchkit import recipes
+
+    from sweeps.spec import load_spec
+
+    ctx = SimpleNamespace(work=tmp_path, data=None)
+    for setup in (recipes.MINILM, recipes.SHIPPED, recipes.CONDITION):
+        for arm, overrides in setup.arms.items():
+            params, data = recipes._split(overrides, 3)
+            spec = load_spec(recipes._spec(ctx, 15, 3, data, setup))
+            trial = spec.trial_params({**setup.base, **params})
+            assert spec.seed == 15, arm
+            for key, value in data.items():
+                assert getattr(spec.data, key) == value, (setup.key, arm, key)
+            for key, value in params.items():
+                assert getattr(trial, key) == value, (setup.key, arm, key)
+    condition = load_spec(recipes._spec(ctx, 13, 3, {}, recipes.CONDITION))
+    assert (condition.data.label_column, condition.model.base) == ("condition", "bundled:all-minilm-l6-v2")
+
+
 # ---------------------------------------------------------------- hf: same recipe, test figures (issue 18)
 
 

@@ -44,6 +44,20 @@ SHIPPED_ARMS: dict[str, dict] = {
     "upper half (blocks 15-29)": {"layers": "upper-half"},
     "upper half, 2 epochs": {"layers": "upper-half", "epochs": 2},  # the upper half in about the default's time
     "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
+    # cheap in time: the blocks still train only the top 8 (the prefix cache holds), more LoRA per block or tokens
+    "attention + FFN (all-linear)": {"target": "all-linear"},
+    "top 12 blocks (18-29)": {"layers": "18-29"},
+    "256 tokens": {"data.max_length": 256},
+}
+# A topical task (condition_study.yaml: which condition a review is about), where MiniLM's frozen embeddings are
+# already strong (probe ~.77): the levers that keep the features (LP-FT, a low rate) and more of the text.
+CONDITION_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 2e-3}
+CONDITION_ARMS: dict[str, dict] = {
+    "default recipe": {},  # 3 epochs, 64 tokens head+tail, attention of the upper half (blocks 3-5), random head
+    "LP-FT": {"head_init": "probe"},
+    "LP-FT, all blocks, lr 5e-4": {"head_init": "probe", "layers": "all", "learning_rate": 5e-4},
+    "128 tokens": {"data.max_length": 128},
+    "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
 }
 REFERENCE = "default recipe"
 
@@ -59,6 +73,8 @@ class Setup:
 
 MINILM = Setup("recipes", DEFAULT_SPEC, RECIPE_BASE, RECIPE_ARMS)
 SHIPPED = Setup("recipes_smollm2", ROOT / "search_spaces" / "rank_study.yaml", SHIPPED_BASE, SHIPPED_ARMS)
+CONDITION = Setup("recipes_condition", ROOT / "search_spaces" / "condition_study.yaml", CONDITION_BASE,
+                  CONDITION_ARMS)
 SPEC_EPOCHS = 3  # the default spec's epochs: an arm's `epochs` scales with --quality-epochs / this (quick: 1)
 SEEDS_FROM = 13  # rank_study.yaml's seed: the first seed is the shipped spec's own split
 REFERENCE_ROWS = {"linear probe": "linear-probe", "majority class": "majority"}
@@ -159,6 +175,11 @@ def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
 def recipes_smollm2(ctx, record: dict) -> None:
     """The lever study on the shipped default spec (SmolLM2): what `make run` trains."""
     recipes(ctx, record, SHIPPED)
+
+
+def recipes_condition(ctx, record: dict) -> None:
+    """The lever study on a topical task (condition_study.yaml), where the adapter's margin over the probe is thin."""
+    recipes(ctx, record, CONDITION)
 
 
 def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
