@@ -259,7 +259,13 @@ def test_recipes_smollm2_trains_the_shipped_default_and_says_which_spec(tmp_path
     assert "of `search_spaces/rank_study.yaml`'s fixed params with rank 8, alpha_ratio 2, learning_rate 0.001" in \
         section
     assert "| LP-FT |" in section and "better" in section
+    assert "compare only within one CPU" not in section  # rows of one machine: no note
     _table_figures_come_from(section, rec)
+    for r in runs:  # a resumed run: LP-FT timed on another machine
+        r["cpu"] = "AMD EPYC" if r["arm"] == "LP-FT" else "Intel Xeon, AMX"
+    rec["summary"] = recipes.summarize(arms, runs, baselines)
+    section = _section_text(report.render(data), "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)")
+    assert "compare only within one CPU" in section and "Intel Xeon, AMX: default recipe; AMD EPYC: LP-FT" in section
 
 
 def test_every_arm_of_every_lever_study_is_a_valid_trial_of_its_spec(tmp_path):

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchkit.common import DEFAULT_SPEC, ROOT, bench_spec, child, log, threads_env
+from benchkit.common import DEFAULT_SPEC, ROOT, bench_spec, child, cpu_label, log, threads_env
 
 # The trial every arm starts from: the spec's fixed params plus these (a point of its search space).
 RECIPE_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 2e-3}
@@ -154,6 +154,7 @@ def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
         s["train_seconds"] = mean_se([r["train_seconds"] for r in rows])[0]
         s["peak_memory_mb"] = mean_se([r["peak_memory_mb"] for r in rows])[0]
         s["epochs"] = rows[0]["epochs_run"]
+        s["cpus"] = sorted({r.get("cpu", "?") for r in rows})
         out[arm] = s
     for label, key in REFERENCE_ROWS.items():
         seeds = sorted(int(x) for x in baselines)
@@ -204,6 +205,7 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
         record["runs"] = [r for r in previous.get("runs", []) if r.get("arm") in arms and r.get("seed") in seeds]
         log(f"{setup.key}: resuming, {len(record['runs'])} trial(s) and {len(record['baselines'])} baseline(s) kept")
     have = {(r["arm"], r["seed"]) for r in record["runs"]}
+    cpu = cpu_label()
 
     def baseline(seed: int) -> None:  # first, so the LP-FT arms find the probe cached (same key)
         spec = _spec(ctx, seed, ctx.quality_epochs, {}, setup)
@@ -223,8 +225,8 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
         done = child("recipe", {"spec": str(spec), "config": config, "out": str(out), "arm": arm, "seed": seed},
                      env=env, timeout=3 * 3600)
         row = next(r for r in done.results if r.get("phase") == "trial")
-        with lock:
-            record["runs"].append({k: v for k, v in row.items() if k != "phase"})
+        with lock:  # the CPU: --resume can put rows timed on two machines in one table
+            record["runs"].append({**{k: v for k, v in row.items() if k != "phase"}, "cpu": cpu})
             record["summary"] = summarize(arms, record["runs"], record["baselines"])
             ctx.save()
         log(f"{setup.key}: {arm}, seed {seed}: val {row['val_macro_f1']:.3f}, test {row['test_macro_f1']:.3f}, "

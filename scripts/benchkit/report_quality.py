@@ -129,6 +129,14 @@ def recipes(lines: list, rec: dict) -> None:
         lines.append(f"| {name} | {over} | {r['n']} | {pm(r['val_mean'], r['val_se'])} | "
                      f"{pm(r['test_mean'], r['test_se'])} | {pm(r['vs_probe_mean'], r['vs_probe_se'], True)} | "
                      f"{pm(r['vs_default_mean'], r['vs_default_se'], True)} | {r['verdict']} | {cost} |")
+    cpus: dict[str, list[str]] = {}
+    for name in arms:
+        for cpu in (s.get(name) or {}).get("cpus", []):
+            cpus.setdefault(cpu, []).append(name)
+    if len(cpus) > 1:  # --resume added arms on another machine: their seconds and MB are not comparable
+        lines += ["", "**Train s and peak MB compare only within one CPU**; these rows were timed on different "
+                  "machines (a resumed run): " + "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in
+                                                          cpus.items()) + "."]
     runs = sorted(rec.get("runs") or [], key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else 99, r["seed"]))
     if runs:
         lines += ["", "<details><summary>Every trial</summary>", "",
