@@ -21,7 +21,7 @@ settings replayed on a second grid, the polarity task's, so the search section i
 unless named: grid, grid_polarity (the two recorded tables, ~8 min each), recipes_smollm2 (the recipes section's
 levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half with 3 or 2 epochs, 6 epochs +
 restore, all-linear, top 12 blocks, 256 tokens; 3 seeds; ~70 min), recipes_condition (the levers on a topical task,
-condition_study.yaml: LP-FT, LP-FT on all blocks at a low rate, 128 tokens, 6 epochs + restore; 3 seeds; ~15 min).
+condition_study.yaml: LP-FT, LP-FT on all blocks at a low rate, 128 tokens, 6 epochs + restore; 3 seeds; ~4 min).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.

@@ -129,6 +129,10 @@ def recipes(lines: list, rec: dict) -> None:
         lines.append(f"| {name} | {over} | {r['n']} | {pm(r['val_mean'], r['val_se'])} | "
                      f"{pm(r['test_mean'], r['test_se'])} | {pm(r['vs_probe_mean'], r['vs_probe_se'], True)} | "
                      f"{pm(r['vs_default_mean'], r['vs_default_se'], True)} | {r['verdict']} | {cost} |")
+    data_arms = [a for a in arms if any(k.startswith("data.") for k in overrides.get(a, {}))]
+    if data_arms:  # the probe is fitted once per seed on the spec's own data settings
+        lines += ["", f"**{', '.join(data_arms)}**: \"test − linear probe\" is against the probe on the spec's own "
+                  "inputs; a probe on the same longer inputs also gains, so that column flatters these arms."]
     cpus: dict[str, list[str]] = {}
     for name in arms:
         for cpu in (s.get(name) or {}).get("cpus", []):

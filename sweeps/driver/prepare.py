@@ -90,9 +90,22 @@ def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     device = loop.pick_device(None)
     parts = task.probe_parts(params, pretrained.content_hash(base))
     fit = probe.cached(parts)
-    if fit is None:
-        model = loop.load_model(spec, params, base, tokenizer, task, device)
-        fit = probe.compute(model, task, device, parts, bf16=loop.use_bf16(params, device))
+    bf16 = loop.use_bf16(params, device)
+    # The trials' frozen-prefix features, computed here once with every core while the probe's forward needs them
+    # anyway, instead of once per worker on one core (only for the spec's fixed layers, unquantized like the probe)
+    shared = task.prefix_file(pretrained.content_hash(base), bf16, device) \
+        if spec.trial_params().quantization == "none" else None
+    if fit is None or (shared is not None and not shared.is_file()):
+        model = loop.load_model(spec, params, base, tokenizer, task, device).requires_grad_(False)
+        from sweeps.trial.memory import prefix, reuse
+
+        if shared is not None and prefix.attach(model, reuse.prefix_blocks(model, spec.task, params)):
+            task.prefill(model, bf16, shared)  # the probe's forward below then reads these rows
+        if fit is None:
+            fit = probe.compute(model, task, device, parts, bf16=bf16)
+        cache = prefix.cache_of(model)
+        if cache is not None:
+            cache.clear()  # the rows are on disk now; the driver keeps nothing of the model
         del model
     out = {}
     for name, figures in (("majority", fit["majority"]), ("linear-probe", fit)):

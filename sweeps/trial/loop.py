@@ -139,7 +139,9 @@ def run_trial(spec: SweepSpec, params: TrialParams, out_dir: Path,
         model = load_model(spec, params, base, tokenizer, task, device, peak=pm)
         stats["base_weight_bytes"] = precision.weight_bytes(model)
         check_memory(params, pm, "after loading the base")
-        if spec.task == "classification" and task.prefill(model, bf16):
+        classify = spec.task == "classification"
+        shared = task.prefix_file(pretrained.content_hash(base), bf16, device) if classify else None
+        if classify and task.prefill(model, bf16, shared):
             # A worker's first trial computed the frozen-prefix rows (platform work, kept for its later trials):
             # measure from here, the base charged as in a reused worker, so first and later trials compare.
             meter.trim()

@@ -70,7 +70,7 @@ def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams,
     # release(), and _reset cleans up after it.
     if entry is not None and entry.key == key and enabled():
         _reset(entry)  # first: it draws the new head from the RNG where from_pretrained would have
-        freed = prefix.prepare(entry.model, _blocks(entry.model, task, params))
+        freed = prefix.prepare(entry.model, prefix_blocks(entry.model, task, params))
         if freed and peak is not None:  # features of another depth were dropped: measure from here
             meter.trim()
             peak.restart()
@@ -85,7 +85,7 @@ def base_for_trial(base, task: str, num_labels: int | None, params: TrialParams,
         entry = _load(key, base, task, num_labels, params, device, revision)
         if enabled():
             _SLOT["entry"] = entry
-    prefix.attach(entry.model, _blocks(entry.model, task, params))
+    prefix.attach(entry.model, prefix_blocks(entry.model, task, params))
     _SLOT["charge"] = (entry.resident_bytes, entry.load_peak_bytes)
     return entry.model
 
@@ -114,7 +114,7 @@ def drop() -> None:
         meter.trim()
 
 
-def _blocks(model: Any, task: str, params: TrialParams) -> int | None:
+def prefix_blocks(model: Any, task: str, params: TrialParams) -> int | None:
     if task != "classification" or not prefix.enabled():
         return None
     try:

@@ -212,15 +212,39 @@ class ClassificationTask:
     def evaluate(self, model, device: str, bf16: bool, split: str = "validation") -> dict[str, float]:
         return evaluate(model, self.splits[split], self.pad_id, self.params.batch_size, device, bf16)
 
-    def prefill(self, model, bf16: bool) -> int:
-        """Frozen-prefix features of the training and validation rows, computed before training (prefix.fill)."""
+    def prefill(self, model, bf16: bool, shared: Path | None = None) -> int:
+        """Frozen-prefix features of the training and validation rows, before training (prefix.fill): read from
+        `shared` (a file the sweep's driver or another worker wrote for this base, data, depth and precision:
+        prefix_file) where there, the rest computed and the file rewritten. Returns the rows read or computed."""
         from sweeps.trial.memory import prefix
 
         rows = [ids for split in ("train", "validation") if split in self.splits
                 for ids in self.splits[split]["input_ids"]]
         device = next(model.parameters()).device
+        loaded = prefix.load(model, shared) if shared is not None else 0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return prefix.fill(model, rows, self.params.batch_size)
+            computed = prefix.fill(model, rows, self.params.batch_size, frozen=True)
+        if shared is not None and computed:
+            prefix.save(model, rows, shared)
+        return loaded + computed
+
+    def prefix_file(self, base_hash: str, bf16: bool, device: str) -> Path | None:
+        """Where this task's frozen-prefix features are shared between the driver, the workers and later sweeps
+        on the same store (keyed like the probe, by everything the features depend on, library versions
+        included); None where sharing is off (SWEEPS_PREFIX_SHARE=0)."""
+        import os
+
+        from sweeps.store import cache_dir
+        from sweeps.trial import baseline
+
+        if os.environ.get("SWEEPS_PREFIX_SHARE", "1") == "0":
+            return None
+        d, p = self.spec.data, self.params
+        parts = {"kind": "frozen-prefix", "base": base_hash, "layers": p.layers, "target": p.target,
+                 "quantization": p.quantization, "double_quant": p.double_quant, "bf16": bf16,
+                 "device": torch.device(device).type,
+                 "tokens": tokenized.tokenized_key(self.data, self.tokenizer, d.max_length, d.truncation)}
+        return cache_dir() / "prefix" / f"{baseline.key(parts)}.safetensors"
 
     def probe_parts(self, params: TrialParams, base_hash: str) -> dict:
         """Cache key of this task's linear probe (sweeps/trial/probe.py): base, quantization, pooling, bf16, tokens,
