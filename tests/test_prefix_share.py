@@ -12,7 +12,7 @@ import torch
 
 from sweeps.spec import load_spec
 from sweeps.trial import loop
-from sweeps.trial.memory import prefix, reuse
+from sweeps.trial.memory import prefix, prefix_store, reuse
 from sweeps.trial.models import pretrained
 
 
@@ -60,11 +60,11 @@ def test_saved_rows_load_bitwise_and_only_at_their_depth(spec, tmp_path):
     prefix.attach(model, 1)
     prefix.fill(model, _rows(task), frozen=True)
     path = tmp_path / "rows.safetensors"
-    written = prefix.save(model, _rows(task), path)
+    written = prefix_store.save(model, _rows(task), path)
     assert written == len(prefix.cache_of(model).rows)
     _, other, _ = _task_and_model(spec)
     prefix.attach(other, 1)
-    assert prefix.load(other, path) == written
+    assert prefix_store.load(other, path) == written
     mine, theirs = prefix.cache_of(model).rows, prefix.cache_of(other).rows
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     from safetensors.torch import load_file, save_file
@@ -73,9 +73,9 @@ def test_saved_rows_load_bitwise_and_only_at_their_depth(spec, tmp_path):
     save_file(load_file(str(path)), str(deeper), metadata={"blocks": "2"})
     _, fresh, _ = _task_and_model(spec)
     prefix.attach(fresh, 1)
-    assert prefix.load(fresh, deeper) == 0 and not prefix.cache_of(fresh).rows
+    assert prefix_store.load(fresh, deeper) == 0 and not prefix.cache_of(fresh).rows
     path.write_bytes(path.read_bytes()[:100])  # truncated: computed instead, never a crash
-    assert prefix.load(fresh, path) == 0 and not prefix.cache_of(fresh).rows
+    assert prefix_store.load(fresh, path) == 0 and not prefix.cache_of(fresh).rows
 
 
 def test_the_driver_writes_the_rows_and_a_trial_reads_them_with_the_same_result(spec, tmp_path, monkeypatch):

@@ -216,16 +216,16 @@ class ClassificationTask:
         """Frozen-prefix features of the training and validation rows, before training (prefix.fill): read from
         `shared` (a file the sweep's driver or another worker wrote for this base, data, depth and precision:
         prefix_file) where there, the rest computed and the file rewritten. Returns the rows read or computed."""
-        from sweeps.trial.memory import prefix
+        from sweeps.trial.memory import prefix, prefix_store
 
         rows = [ids for split in ("train", "validation") if split in self.splits
                 for ids in self.splits[split]["input_ids"]]
         device = next(model.parameters()).device
-        loaded = prefix.load(model, shared) if shared is not None else 0
+        loaded = prefix_store.load(model, shared) if shared is not None else 0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             computed = prefix.fill(model, rows, self.params.batch_size, frozen=True)
         if shared is not None and computed:
-            prefix.save(model, rows, shared)
+            prefix_store.save(model, rows, shared)
         return loaded + computed
 
     def prefix_file(self, base_hash: str, bf16: bool, device: str) -> Path | None:
