@@ -88,21 +88,21 @@ def baselines(spec: SweepSpec) -> dict[str, dict[str, float]]:
     tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
     task = loop.make_task(spec, params, tokenizer)
     device = loop.pick_device(None)
-    parts = task.probe_parts(params, pretrained.content_hash(base))
+    base_hash = pretrained.content_hash(base)
+    parts = task.probe_parts(params, base_hash)
     fit = probe.cached(parts)
-    bf16 = loop.use_bf16(params, device)
-    # The trials' frozen-prefix features, computed here once with every core while the probe's forward needs them
-    # anyway, instead of once per worker on one core (only for the spec's fixed layers, unquantized like the probe)
-    shared = task.prefix_file(pretrained.content_hash(base), bf16, device) \
-        if spec.trial_params().quantization == "none" else None
-    if fit is None or (shared is not None and not shared.is_file()):
-        model = loop.load_model(spec, params, base, tokenizer, task, device).requires_grad_(False)
+    if fit is None:
         from sweeps.trial.memory import prefix, reuse
 
+        bf16 = loop.use_bf16(params, device)
+        model = loop.load_model(spec, params, base, tokenizer, task, device).requires_grad_(False)
+        # The trials' frozen-prefix rows, computed here once with every core while the probe's forward needs them
+        # anyway, instead of once per worker on one core (the spec's fixed layers, unquantized like the probe).
+        # Only when the probe is computed: a sweep whose probe is cached finds the file, or its workers write it.
+        shared = task.prefix_file(base_hash, bf16, device) if spec.trial_params().quantization == "none" else None
         if shared is not None and prefix.attach(model, reuse.prefix_blocks(model, spec.task, params)):
             task.prefill(model, bf16, shared)  # the probe's forward below then reads these rows
-        if fit is None:
-            fit = probe.compute(model, task, device, parts, bf16=bf16)
+        fit = probe.compute(model, task, device, parts, bf16=bf16)
         cache = prefix.cache_of(model)
         if cache is not None:
             cache.clear()  # the rows are on disk now; the driver keeps nothing of the model

@@ -173,6 +173,12 @@ def detach(model: torch.nn.Module) -> None:
         state.pop("encoder").__dict__.pop("forward", None)
 
 
+def row_key(row) -> tuple[torch.Tensor, bytes]:
+    """(the row's ids as a long tensor, its cache key): the key _features builds from a batch row."""
+    ids = torch.as_tensor(list(row), dtype=torch.long)
+    return ids, ids.numpy().tobytes()
+
+
 def fill(model: torch.nn.Module, rows, batch_size: int = 16, frozen: bool = False) -> int:
     """Compute the features of the token-id rows (lists of ids, unpadded) not yet cached: the rows training and
     validation will ask for, before the trial trains. A worker's first trial then trains, and is measured, on a
@@ -192,8 +198,7 @@ def fill(model: torch.nn.Module, rows, batch_size: int = 16, frozen: bool = Fals
     device = next(owner.parameters()).device
     todo: dict[int, dict[bytes, torch.Tensor]] = {}
     for row in rows:
-        ids = torch.as_tensor(list(row), dtype=torch.long)
-        key = ids.numpy().tobytes()  # the key _features builds from a batch row
+        ids, key = row_key(row)
         if key not in cache.rows:
             todo.setdefault(len(ids), {})[key] = ids
     computed = 0

@@ -24,8 +24,7 @@ def save(model: torch.nn.Module, rows, path) -> int:
     tensors: dict[str, torch.Tensor] = {}
     seen: set[bytes] = set()
     for row in rows:
-        ids = torch.as_tensor(list(row), dtype=torch.long)
-        key = ids.numpy().tobytes()
+        ids, key = prefix.row_key(row)
         value = cache.rows.get(key)
         if value is not None and key not in seen:
             seen.add(key)
