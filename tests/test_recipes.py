@@ -117,3 +117,38 @@ def test_folds_score_every_training_row_once_and_never_touch_test(store, tiny_mo
     assert {"fold0_macro_f1", "fold1_macro_f1", "fold2_macro_f1"} <= set(result.metrics)
     assert (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "cv" / "fold-0" / "adapter").exists()  # only the refit's adapter is kept
+
+
+def test_baselines_of_a_folds_spec_are_cross_validated_like_its_trials(store, tiny_model_dir, tiny_csv):
+    """`data.folds: K` carves no validation split: the probe used to crash on the empty split at sweep start.
+    Its validation figures are now the pooled out-of-fold predictions over every training row (as the trials'),
+    its weight decay is chosen on them, and its head is refitted on all rows for the test figure."""
+    from sweeps.driver import prepare
+    from sweeps.spec import validate_dict
+
+    raw = make_spec(tiny_model_dir, tiny_csv).model_dump(mode="json")
+    raw["data"]["folds"] = 3
+    raw["data"]["test"] = str(tiny_csv)
+    out = prepare.baselines(validate_dict(raw))
+    lp, maj = out["linear-probe"], out["majority"]
+    assert 0 <= lp["validation.macro_f1"] <= 1 and 0 < lp["validation.macro_f1_se"] < 0.3  # 60 rows, not 0
+    assert 0 <= lp["test.macro_f1"] <= 1 and lp["weight_decay"] in probe._WEIGHT_DECAYS
+    assert maj["validation.accuracy"] == pytest.approx(0.5)  # tiny_csv: 30 of 60 rows are the majority class
+
+
+def test_cross_validated_probe_scores_each_row_by_the_fit_that_did_not_see_it():
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 1, (90, 4))
+    y = (x[:, 0] > 0).astype(np.int64)
+    y[:6] = 1 - y[:6]  # a few rows no fit can get right
+    folds = np.arange(90) % 3
+    fit = probe.cross_validated((x, y), folds, 2, (x, y))
+    assert fit["folds"] == 3 and fit["validation"]["macro_f1"] < fit["train"]["macro_f1"] <= 1.0
+    # by hand: the chosen weight decay's out-of-fold predictions
+    pred = np.empty(90, dtype=np.int64)
+    for f in range(3):
+        w, b = probe._fit(x[folds != f], y[folds != f], 2, fit["weight_decay"])
+        pred[folds == f] = (x[folds == f] @ w.T + b).argmax(1)
+    assert fit["validation"]["macro_f1"] == pytest.approx(classify.macro_f1(y, pred))
+    w, b = np.asarray(fit["weight"]), np.asarray(fit["bias"])
+    assert fit["test"]["macro_f1"] == pytest.approx(classify.macro_f1(y, (x @ w.T + b).argmax(1)))

@@ -109,6 +109,31 @@ def linear_probe(train: tuple, validation: tuple, num_labels: int, test: tuple |
     return out
 
 
+def cross_validated(train: tuple, folds: np.ndarray, num_labels: int, test: tuple | None = None) -> dict:
+    """`data.folds: K`, where no validation split is carved: the weight decay is chosen on the pooled out-of-fold
+    predictions (the rows and folds the trials are scored on, crossval.py), whose scores are the probe's
+    `validation` figures; the head is then refitted on every training row, as the trials' adapters are. The
+    features are frozen, so each fold refits only the head (K x 4 small fits, no forward pass)."""
+    x, y = train[0], np.asarray(train[1])
+    best = None
+    for wd in _WEIGHT_DECAYS:
+        pred = np.empty(len(y), dtype=np.int64)
+        for fold in np.unique(folds):
+            held = folds == fold
+            w, b = _fit(x[~held], y[~held], num_labels, wd)
+            pred[held] = (x[held] @ w.T + b).argmax(1)
+        f1 = classify.macro_f1(y, pred)
+        if best is None or f1 > best[0] + 1e-12:
+            best = (f1, wd, pred)
+    _, wd, out_of_fold = best
+    w, b = _fit(x, y, num_labels, wd)
+    out = {"weight_decay": wd, "weight": w.tolist(), "bias": b.tolist(), "folds": int(len(np.unique(folds))),
+           "train": classify.scores(y, (x @ w.T + b).argmax(1)), "validation": classify.scores(y, out_of_fold)}
+    if test is not None:
+        out["test"] = classify.scores(np.asarray(test[1]), (test[0] @ w.T + b).argmax(1))
+    return out
+
+
 def majority(train_labels, splits: dict[str, np.ndarray]) -> dict:
     """Always the most frequent training class: the floor every classifier must clear (macro-F1 ~ 1/(3k) ...)."""
     top = int(np.bincount(np.asarray(train_labels)).argmax())
@@ -123,8 +148,19 @@ def compute(model, task, device: str, parts: dict, splits=("train", "validation"
         feats = {s: (features(model, task.splits[s], task.pad_id, 32, device, bf16),
                      np.asarray(task.splits[s]["labels"]))
                  for s in splits if s in task.splits}
-        probe = linear_probe(feats["train"], feats["validation"], task.num_labels, feats.get("test"))
-        probe["majority"] = majority(feats["train"][1], {s: f[1] for s, f in feats.items()})
+        folds = getattr(task.spec.data, "folds", None) if hasattr(task, "spec") else None
+        if folds and len(feats.get("validation", ((), ()))[1]) == 0:  # the cross-validation refit's task
+            from sweeps.trial.data import labelled
+
+            train_y = feats["train"][1]
+            probe = cross_validated(feats["train"], labelled.fold_of(train_y, task.num_labels, folds, task.spec.seed),
+                                    task.num_labels, feats.get("test"))
+            # the majority class of K-1 folds is the whole set's on any data with a clear majority
+            labels = {**{s: f[1] for s, f in feats.items() if s != "validation"}, "validation": train_y}
+        else:
+            probe = linear_probe(feats["train"], feats["validation"], task.num_labels, feats.get("test"))
+            labels = {s: f[1] for s, f in feats.items()}
+        probe["majority"] = majority(feats["train"][1], labels)
         return probe
 
     return baseline.cached(parts, run)
