@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import peers, provenance, recipes, report, sections, sweeps_vs, tuning  # noqa: E402
+from benchkit import memory_account, peers, provenance, recipes, report, sections, sweeps_vs, tuning  # noqa: E402
 from benchkit.common import ROOT, Results, log, quick_data, workdir  # noqa: E402
 
 SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sections.throughput,
@@ -49,7 +49,7 @@ SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sect
             "raytune": peers.raytune, "setfit": peers.setfit, "search": sections.search, "grid": sections.grid,
             "levers": sections.levers, "recipes": recipes.recipes, "recipes_smollm2": recipes.recipes_smollm2,
             "recipes_condition": recipes.recipes_condition,
-            "memory_account": recipes.memory_account,
+            "memory_account": memory_account.memory_account,
             "grid_polarity": tuning.grid_polarity, "sampler_tuning": tuning.sampler_tuning}
 DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "raytune",
            "setfit", "sampler_tuning", "search", "recipes"]

@@ -161,6 +161,45 @@ def test_recipe_summary_pairs_per_seed_and_calls_ties():
     assert one["LP-FT"]["verdict"] == "— (1 seed)" and one["LP-FT"]["test_se"] is None
 
 
+def test_a_data_arm_is_compared_with_the_probe_on_its_own_inputs():
+    """128 tokens beats the spec-input probe by far, but a probe fitted on 128 tokens gains too: the fair column
+    uses that probe, and the report says which one it used (older records without it keep the warning)."""
+    from benchkit import recipes
+
+    arms = ["default recipe", "128 tokens"]
+    runs, baselines = _recipe_runs()
+    runs = [r for r in runs if r["arm"] in arms]
+    overrides = {"default recipe": {}, "128 tokens": {"data.max_length": 128}}
+    assert recipes.data_key(recipes._split(overrides["128 tokens"], 3)[1]) == "max_length=128"
+    longer = {str(s): {"linear-probe": {"validation.macro_f1": 0.5, "test.macro_f1": 0.52},
+                       "majority": {"validation.macro_f1": 0.25, "test.macro_f1": 0.26}} for s in (13, 14, 15)}
+    unfair = recipes.summarize(arms, runs, baselines, overrides)
+    fair = recipes.summarize(arms, runs, baselines, overrides, {"max_length=128": longer})
+    tokens = [r["test_macro_f1"] for r in runs if r["arm"] == "128 tokens"]
+    assert unfair["128 tokens"]["probe_inputs"] == "spec"
+    assert unfair["128 tokens"]["vs_probe_mean"] == pytest.approx(sum(tokens) / 3 - 0.471)
+    assert fair["128 tokens"]["probe_inputs"] == "same" and fair["128 tokens"]["probe_test_mean"] == 0.52
+    assert fair["128 tokens"]["vs_probe_mean"] == pytest.approx(sum(tokens) / 3 - 0.52)
+    assert "probe_inputs" not in fair["default recipe"]  # no data override: the spec-input probe, as before
+    assert fair["default recipe"]["vs_probe_mean"] == unfair["default recipe"]["vs_probe_mean"]
+    # a probe missing for one seed: the arm falls back to the spec-input probe, and says so
+    partial = recipes.summarize(arms, runs, baselines, overrides, {"max_length=128": {"13": longer["13"]}})
+    assert partial["128 tokens"]["probe_inputs"] == "spec"
+
+    data = _data()
+    head = {k: data["sections"]["cli"][k] for k in ("command", "machine", "started", "status")}
+    rec = {**head, "spec": "search_spaces/rank_study_minilm.yaml", "arms": arms, "seeds": [13, 14, 15],
+           "base": recipes.RECIPE_BASE, "epochs": 3, "overrides": overrides, "runs": runs, "baselines": baselines,
+           "data_baselines": {"max_length=128": longer}, "summary": fair}
+    data["sections"].update(recipes=rec)
+    section = _section_text(report.render(data), "Recipes for scarce labels")
+    assert "against a probe fitted on the same inputs (128 tokens: probe test 0.520" in section
+    assert "flatters" not in section
+    rec["summary"] = unfair
+    section = _section_text(report.render(data), "Recipes for scarce labels")
+    assert "flatters these arms" in section
+
+
 def test_recipe_arms_parse_names_with_commas_and_numbers():
     from benchkit import recipes
 

@@ -1,4 +1,4 @@
-"""Sections `recipes`, `recipes_smollm2` and `memory_account` of scripts/bench.py (issue 14).
+"""Sections `recipes`, `recipes_smollm2` and `recipes_condition` of scripts/bench.py (issue 14).
 
 recipes: scarce-label levers one by one on MiniLM (search_spaces/rank_study_minilm.yaml's fixed params, rank 8,
 alpha_ratio 2, lr 2e-3), each arm trained once per seed in a fresh child process (1 thread, 2 at a time), its saved
@@ -6,9 +6,8 @@ adapter evaluated once on the test split. recipes_smollm2: the same on the shipp
 (search_spaces/rank_study.yaml: SmolLM2-135M, the top 8 blocks, rank 8, alpha_ratio 2, lr 1e-3).
 The seed is the spec's `seed`: it changes the validation carve and the training order, so the spread over seeds
 is the run-to-run noise a user would see.
-
-memory_account: where a MiniLM trial's measured peak goes, and whether the same configuration measures the same
-peak first in a fresh process and second in a reused one (the goal: within 5 %).
+A data arm (`data.max_length`, ...) gets its own linear probe per seed (record["data_baselines"]): its "vs probe"
+compares like with like.
 """
 
 from __future__ import annotations
@@ -58,6 +57,8 @@ CONDITION_ARMS: dict[str, dict] = {
     "LP-FT, all blocks, lr 5e-4": {"head_init": "probe", "layers": "all", "learning_rate": 5e-4},
     "128 tokens": {"data.max_length": 128},
     "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
+    # selection and refit: 5-fold CV scores every training row, the adapter is refitted on all 230 (6 trainings)
+    "5-fold CV + refit on all rows": {"data.folds": 5},
 }
 REFERENCE = "default recipe"
 
@@ -133,17 +134,35 @@ def _split(overrides: dict, base_epochs: int) -> tuple[dict, dict]:
     return params, data
 
 
-def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
-    """Per arm (and reference row): val / test macro-F1 mean ± SE over seeds, paired differences, cost."""
+def data_key(data: dict) -> str:
+    """A data variant's name in the record ("max_length=128"); "" for the spec's own inputs."""
+    return ",".join(f"{k}={v}" for k, v in sorted(data.items()))
+
+
+def _probes(baselines: dict) -> dict[int, float]:
+    return {int(s): b["linear-probe"]["test.macro_f1"] for s, b in baselines.items()}
+
+
+def summarize(arms: list[str], runs: list[dict], baselines: dict, overrides: dict | None = None,
+              data_baselines: dict | None = None) -> dict:
+    """Per arm (and reference row): val / test macro-F1 mean ± SE over seeds, paired differences, cost.
+
+    An arm that changes the data (`data.max_length`, ...) is compared with the probe fitted on its own inputs
+    where `data_baselines` holds it for every seed (`probe_inputs: "same"`); otherwise with the spec-input probe
+    (`"spec"`), which flatters it: the probe gains from longer inputs too."""
     by = {(r["arm"], r["seed"]): r for r in runs}
-    probe = {int(s): b["linear-probe"]["test.macro_f1"] for s, b in baselines.items()}
+    probe = _probes(baselines)
     default = {s: r["test_macro_f1"] for (a, s), r in by.items() if a == REFERENCE}
     out = {}
     for arm in arms:
         rows = [r for (a, _), r in sorted(by.items(), key=lambda kv: kv[0][1]) if a == arm]
         if not rows:
             continue
-        vs_probe = [r["test_macro_f1"] - probe[r["seed"]] for r in rows if r["seed"] in probe]
+        variant = data_key(_split((overrides or {}).get(arm, {}), SPEC_EPOCHS)[1])
+        own = _probes((data_baselines or {}).get(variant, {})) if variant else {}
+        same = bool(variant) and all(r["seed"] in own for r in rows)
+        arm_probe = own if same else probe
+        vs_probe = [r["test_macro_f1"] - arm_probe[r["seed"]] for r in rows if r["seed"] in arm_probe]
         vs_default = [r["test_macro_f1"] - default[r["seed"]] for r in rows if r["seed"] in default]
         s = {"n": len(rows), "seeds": [r["seed"] for r in rows]}
         for key, values in (("val", [r["val_macro_f1"] for r in rows]), ("test", [r["test_macro_f1"] for r in rows]),
@@ -155,6 +174,10 @@ def summarize(arms: list[str], runs: list[dict], baselines: dict) -> dict:
         s["peak_memory_mb"] = mean_se([r["peak_memory_mb"] for r in rows])[0]
         s["epochs"] = rows[0]["epochs_run"]
         s["cpus"] = sorted({r.get("cpu", "?") for r in rows})
+        if variant:
+            s["probe_inputs"] = "same" if same else "spec"
+            if same:
+                s["probe_test_mean"], s["probe_test_se"] = mean_se([own[r["seed"]] for r in rows])
         out[arm] = s
     for label, key in REFERENCE_ROWS.items():
         seeds = sorted(int(x) for x in baselines)
@@ -192,9 +215,10 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
     n_seeds = 1 if ctx.quick else (ctx.recipe_seeds or 3)
     seeds = [SEEDS_FROM + i for i in range(n_seeds)]
     env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / f"store-{setup.key}")}
-    record.update(spec=str(setup.spec.relative_to(ROOT)), arms=arms, seeds=seeds,
-                  overrides={a: setup.arms[a] for a in arms}, base=setup.base, epochs=ctx.quality_epochs, runs=[],
-                  baselines={})
+    overrides = {a: setup.arms[a] for a in arms}
+    record.update(spec=str(setup.spec.relative_to(ROOT)), arms=arms, seeds=seeds, overrides=overrides,
+                  base=setup.base, epochs=ctx.quality_epochs, runs=[], baselines={}, data_baselines={})
+    variants = {data_key(d): d for d in (_split(o, SPEC_EPOCHS)[1] for o in overrides.values()) if d}
     lock = threading.Lock()
     # --resume: rows of an earlier run with the same settings are kept, and only the missing ones run
     previous = ctx.shared.get("previous", {}).get(setup.key, {})
@@ -203,19 +227,23 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
     if same:
         record["baselines"] = {k: v for k, v in previous.get("baselines", {}).items() if int(k) in seeds}
         record["runs"] = [r for r in previous.get("runs", []) if r.get("arm") in arms and r.get("seed") in seeds]
+        record["data_baselines"] = {k: {s: b for s, b in v.items() if int(s) in seeds}
+                                    for k, v in previous.get("data_baselines", {}).items() if k in variants}
         log(f"{setup.key}: resuming, {len(record['runs'])} trial(s) and {len(record['baselines'])} baseline(s) kept")
     have = {(r["arm"], r["seed"]) for r in record["runs"]}
     cpu = cpu_label()
 
-    def baseline(seed: int) -> None:  # first, so the LP-FT arms find the probe cached (same key)
-        spec = _spec(ctx, seed, ctx.quality_epochs, {}, setup)
+    def baseline(job: tuple[int, str]) -> None:  # first, so the LP-FT arms find the probe cached (same key)
+        seed, variant = job  # variant "": the spec's own inputs; else a data arm's (its fair probe)
+        spec = _spec(ctx, seed, ctx.quality_epochs, variants.get(variant, {}), setup)
         done = child("baselines", {"spec": str(spec)}, env=env)
         with lock:
-            record["baselines"][str(seed)] = {k: v for k, v in done.result.items() if k not in ("phase", "seed")}
+            into = record["data_baselines"].setdefault(variant, {}) if variant else record["baselines"]
+            into[str(seed)] = {k: v for k, v in done.result.items() if k not in ("phase", "seed")}
             ctx.save()
         lp = done.result["linear-probe"]
-        log(f"{setup.key}: seed {seed}: linear probe val {lp['validation.macro_f1']:.3f} "
-            f"test {lp['test.macro_f1']:.3f}")
+        log(f"{setup.key}: seed {seed}{', ' + variant if variant else ''}: linear probe val "
+            f"{lp['validation.macro_f1']:.3f} test {lp['test.macro_f1']:.3f}")
 
     def trial(arm: str, seed: int) -> None:
         params, data = _split(setup.arms[arm], ctx.quality_epochs)
@@ -227,7 +255,8 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
         row = next(r for r in done.results if r.get("phase") == "trial")
         with lock:  # the CPU: --resume can put rows timed on two machines in one table
             record["runs"].append({**{k: v for k, v in row.items() if k != "phase"}, "cpu": cpu})
-            record["summary"] = summarize(arms, record["runs"], record["baselines"])
+            record["summary"] = summarize(arms, record["runs"], record["baselines"], overrides,
+                                          record["data_baselines"])
             ctx.save()
         log(f"{setup.key}: {arm}, seed {seed}: val {row['val_macro_f1']:.3f}, test {row['test_macro_f1']:.3f}, "
             f"train {row['train_seconds']:.0f} s, peak {row['peak_memory_mb']:.0f} MB")
@@ -235,70 +264,14 @@ def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:
     log(f"{setup.key}: {len(arms)} arms x {len(seeds)} seeds ({seeds}), default {ctx.quality_epochs} epochs, "
         "one fresh 1-thread process per trial, 2 at a time")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(baseline, [s for s in seeds if str(s) not in record["baselines"]]))
+        list(pool.map(baseline, [(s, "") for s in seeds if str(s) not in record["baselines"]]
+                      + [(s, v) for v in variants for s in seeds
+                         if str(s) not in record["data_baselines"].get(v, {})]))
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(trial, a, s) for s in seeds for a in arms if (a, s) not in have]
         errors = [f.exception() for f in futures if f.exception() is not None]
-    record["summary"] = summarize(arms, record["runs"], record["baselines"])
+    record["summary"] = summarize(arms, record["runs"], record["baselines"], overrides, record["data_baselines"])
     if errors:
         raise errors[0]
     for arm, s in record["summary"].items():
         log(f"{setup.key}: {arm}: test {s['test_mean']:.3f}, vs probe {s['vs_probe_mean']:+.3f}, {s['verdict']}")
-
-
-def memory_account(ctx, record: dict) -> None:
-    """Process A: the default recipe's trial (1 epoch) 1 + R times (the later ones reuse the base, as a reused Ray
-    worker does), then the accounting; alongside, R fresh processes B run the same trial once each (R: --repeats,
-    default 3, quick 1). A and the Bs run at once, 1 thread each: peak memory is per process."""
-    from benchkit.common import median
-
-    reps = ctx.repeats_for("memory_account")
-    spec = _spec(ctx, SEEDS_FROM, 1, {})
-    env = {**threads_env(1), "SWEEPS_STORE": str(ctx.work / "store-memacct")}
-    out: dict[str, list] = {"A": [], "B": []}
-
-    def run_a() -> None:
-        out["A"] = child("memory_account", {"spec": str(spec), "config": RECIPE_BASE, "trials": 1 + reps,
-                                            "account": True, "out": str(ctx.work / "memacct-A")}, env=env).results
-
-    def run_b() -> None:
-        for i in range(reps):
-            done = child("memory_account", {"spec": str(spec), "config": RECIPE_BASE, "trials": 1,
-                                            "out": str(ctx.work / f"memacct-B{i}")}, env=env)
-            out["B"] += [r for r in done.results if r.get("phase") == "trial"]
-
-    jobs = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
-    for job in jobs:
-        job.start()
-    for job in jobs:
-        job.join()
-    trials_a = [r for r in out["A"] if r.get("phase") == "trial"]
-    account = next((r for r in out["A"] if r.get("phase") == "account"), None)
-    if len(trials_a) != 1 + reps or account is None or len(out["B"]) != reps:
-        raise RuntimeError("memory_account: a child process failed (see the log above)")
-    reused = [r["peak_memory_mb"] for r in trials_a[1:]]
-    fresh = [r["peak_memory_mb"] for r in out["B"]]
-    peaks = {"first trial in process A (loads the base)": [trials_a[0]["peak_memory_mb"]],
-             "later trials in process A (reused base, warm prefix cache)": reused,
-             "the trial in a fresh process B (one process each)": fresh}
-    ratio = median(reused) / median(fresh)
-    peak = median([r["peak_memory_bytes"] for r in out["B"]])  # what the configuration measures in a fresh process
-    parts = [("base weights (models.weight_bytes: parameters + buffers as stored)", account["weight_bytes"],
-              "computed from the tensors"),
-             (f"trainable parameters x 4 B x (weights + grad + 2 AdamW states) = {int(account['trainable_params']):,}"
-              " x 16 B", account["trainable_params"] * 16, "computed (fp32)"),
-             ("activations saved for backward, one forward of the largest batch in process A "
-              f"({account['batch_shape'][0]} x {account['batch_shape'][1]} tokens)", account["saved_bytes"],
-              "measured (saved_tensors_hooks, distinct storages, parameters excluded)")]
-    rest = sum(p[1] for p in parts)
-    parts.append(("other (allocator, runtime, temporaries of backward and the optimizer step)", peak - rest,
-                  "the peak minus the rows above"))
-    record.update(spec=str(spec), config=RECIPE_BASE, repeats=reps, peaks_mb=peaks, ratio_reused_vs_fresh=ratio,
-                  ratio_first_vs_fresh=trials_a[0]["peak_memory_mb"] / median(fresh),
-                  spread_fresh=(max(fresh) - min(fresh)) / median(fresh) if len(fresh) > 1 else None,
-                  trials_a=trials_a, trials_b=out["B"], account=account, peak_bytes=peak,
-                  parts=[{"part": p, "bytes": v, "how": h} for p, v, h in parts])
-    log(f"memory_account: peaks {'; '.join(', '.join(f'{x:.0f}' for x in v) for v in peaks.values())} MB; "
-        f"reused / fresh {ratio:.3f}; "
-        + "; ".join(f"{short} {v / 2**20:.1f} MB" for short, (_, v, _) in zip(
-            ("weights", "trainable x 16 B", "saved activations", "other"), parts, strict=True)))

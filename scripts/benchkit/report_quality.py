@@ -129,10 +129,16 @@ def recipes(lines: list, rec: dict) -> None:
         lines.append(f"| {name} | {over} | {r['n']} | {pm(r['val_mean'], r['val_se'])} | "
                      f"{pm(r['test_mean'], r['test_se'])} | {pm(r['vs_probe_mean'], r['vs_probe_se'], True)} | "
                      f"{pm(r['vs_default_mean'], r['vs_default_se'], True)} | {r['verdict']} | {cost} |")
-    data_arms = [a for a in arms if any(k.startswith("data.") for k in overrides.get(a, {}))]
-    if data_arms:  # the probe is fitted once per seed on the spec's own data settings
-        lines += ["", f"**{', '.join(data_arms)}**: \"test − linear probe\" is against the probe on the spec's own "
-                  "inputs; a probe on the same longer inputs also gains, so that column flatters these arms."]
+    data_arms = [a for a in arms if any(k.startswith("data.") for k in overrides.get(a, {})) and s.get(a)]
+    fair = [a for a in data_arms if s[a].get("probe_inputs") == "same"]
+    if fair:  # the probe fitted per seed on the arm's own inputs (record["data_baselines"])
+        lines += ["", "**" + ", ".join(fair) + "**: \"test − linear probe\" is against a probe fitted on the same "
+                  "inputs (" + "; ".join(f"{a}: probe test {pm(s[a]['probe_test_mean'], s[a].get('probe_test_se'))}"
+                                         for a in fair) + "), not the spec-input probe of the rows above."]
+    if len(fair) < len(data_arms):  # an older record: the probe was fitted on the spec's own data settings only
+        lines += ["", f"**{', '.join(a for a in data_arms if a not in fair)}**: \"test − linear probe\" is against "
+                  "the probe on the spec's own inputs; a probe on the same longer inputs also gains, so that column "
+                  "flatters these arms."]
     cpus: dict[str, list[str]] = {}
     for name in arms:
         for cpu in (s.get(name) or {}).get("cpus", []):
