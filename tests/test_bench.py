@@ -305,6 +305,15 @@ def test_recipes_smollm2_trains_the_shipped_default_and_says_which_spec(tmp_path
     rec["summary"] = recipes.summarize(arms, runs, baselines)
     section = _section_text(report.render(data), "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)")
     assert "compare only within one CPU" in section and "Intel Xeon, AMX: default recipe; AMD EPYC: LP-FT" in section
+    for r in runs:  # every trial kept from another machine; this run (the header's) only added probes
+        r["cpu"] = "AMD EPYC"
+    rec["machine"] = {**rec["machine"], "cpu": "Intel(R) Xeon(R) Processor", "cpu_flags": ["amx_bf16"]}
+    rec["summary"] = recipes.summarize(arms, runs, baselines)
+    section = _section_text(report.render(data), "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)")
+    assert "timed on another machine than the header's (a resumed run): AMD EPYC: default recipe, LP-FT" in section
+    rec["machine"]["cpu"], rec["machine"]["cpu_flags"] = "AMD EPYC", []
+    section = _section_text(report.render(data), "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)")
+    assert "compare only within one CPU" not in section
 
 
 def test_every_arm_of_every_lever_study_is_a_valid_trial_of_its_spec(tmp_path):

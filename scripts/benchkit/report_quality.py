@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from benchkit.common import DEFAULT_SPEC, ROOT
+from benchkit.common import DEFAULT_SPEC, ROOT, cpu_label
 from benchkit.report_fmt import derived, median, met, pm
 
 
@@ -143,10 +143,14 @@ def recipes(lines: list, rec: dict) -> None:
     for name in arms:
         for cpu in (s.get(name) or {}).get("cpus", []):
             cpus.setdefault(cpu, []).append(name)
-    if len(cpus) > 1:  # --resume added arms on another machine: their seconds and MB are not comparable
-        lines += ["", "**Train s and peak MB compare only within one CPU**; these rows were timed on different "
-                  "machines (a resumed run): " + "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in
-                                                          cpus.items()) + "."]
+    known = set(cpus) - {"?"}  # rows of records older than the label say nothing
+    here = cpu_label(rec["machine"]) if isinstance(rec.get("machine"), dict) else None
+    if len(cpus) > 1 or (here and known and known != {here}):
+        # --resume added arms (or only probes) on another machine: the header's machine did not time every row
+        lines += ["", "**Train s and peak MB compare only within one CPU**; these rows were timed on "
+                  + ("different machines" if len(cpus) > 1 else "another machine than the header's")
+                  + " (a resumed run): " + "; ".join(f"{cpu}: {', '.join(names)}" for cpu, names in cpus.items())
+                  + "."]
     runs = sorted(rec.get("runs") or [], key=lambda r: (arms.index(r["arm"]) if r["arm"] in arms else 99, r["seed"]))
     if runs:
         lines += ["", "<details><summary>Every trial</summary>", "",
