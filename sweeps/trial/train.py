@@ -19,6 +19,7 @@ from sweeps.spec.params import TrialParams
 from sweeps.trial.adapters import lora
 from sweeps.trial.memory import meter
 from sweeps.trial.memory.meter import PeakMemory
+from sweeps.trial.models import precision
 from sweeps.trial.tasks.classify import length_batches
 
 
@@ -61,8 +62,39 @@ def _optimizer(model, params: TrialParams, total_steps: int):
     return trainable, optimizer, scheduler
 
 
+_WARMED: set[tuple] = set()  # (model kind, batch shape) this process has already trained (see _warm_batches)
+
+
+def _shape_key(model, batch: dict) -> tuple:
+    config = getattr(model, "config", None)
+    return (getattr(config, "model_type", None), getattr(config, "hidden_size", None),
+            tuple(batch["input_ids"].shape))
+
+
+def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
+    """The longest training batch, plus, where AMX runs the bf16 products, every batch shape this process has
+    not trained yet.
+
+    With AMX the process keeps state per GEMM shape that its later trials reuse (not oneDNN's primitive cache: at
+    capacity 8 the same). Measured on rank_study's trial (SmolLM2, 1 epoch, 3 trials in one process, AMX Xeon): the
+    first trial's peak grew over its first epoch as new batch shapes came, 5-10 % above the later trials'; with
+    all 18 shapes warmed it measured 1625 / 1637 / 1631 MB. A worker pays for each shape once (~1 s a shape on
+    SmolLM2); its later trials on the same data find every shape warmed. SWEEPS_WARM_SHAPES=all / longest
+    overrides the choice (auto: all where AMX and bf16 are in use)."""
+    batches = list(task.train_batches(np.random.default_rng(0), device, length_batches))
+    longest = max(batches, key=lambda b: b["input_ids"].numel())
+    mode = os.environ.get("SWEEPS_WARM_SHAPES", "auto")
+    if mode == "longest" or (mode == "auto" and not (bf16 and precision.has_amx())):
+        return [longest]
+    shapes = {_shape_key(model, longest): longest}
+    for b in batches:  # length-bucketed: on up to ~800 rows every epoch has the same shapes
+        shapes.setdefault(_shape_key(model, b), b)
+    return [b for i, (key, b) in enumerate(shapes.items()) if i == 0 or key not in _WARMED]
+
+
 def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
-    """One forward and backward of the longest training batch, undone, then the measurement restarts (CPU).
+    """Forward and backward of the longest training batch (and of new batch shapes: _warm_batches), undone, then
+    the measurement restarts (CPU).
 
     A worker's first trial otherwise also paid for what its process keeps for every later trial (kernel
     primitives, runtime buffers, heap arenas): on SmolLM2 its peak was 15 % above the same configuration's in
@@ -70,12 +102,13 @@ def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
     so training is exactly what it would have been; the trial's own bytes (base, adapter) are charged again."""
     from sweeps.trial.memory import reuse
 
-    batch = max(task.train_batches(np.random.default_rng(0), device, length_batches),
-                key=lambda b: b["input_ids"].numel())
     with torch.random.fork_rng(devices=[]):
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _ = task.loss(model, batch)
-        loss.backward()
+        for batch in _warm_batches(model, task, device, bf16):
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = task.loss(model, batch)
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            _WARMED.add(_shape_key(model, batch))
     model.zero_grad(set_to_none=True)
     del loss, batch
     meter.trim()

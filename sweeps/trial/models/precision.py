@@ -98,6 +98,15 @@ def _quant_state_bytes(tensor: torch.Tensor) -> int:
     return extra
 
 
+def has_amx() -> bool:
+    """The CPU has AMX for bf16 (its flags; torch 2.13 has no public query)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+    except OSError:
+        return False
+
+
 def detect_bf16(device: str | torch.device) -> bool:
     """bf16 pays off only with hardware support: AMX or AVX512-BF16 on CPU, bf16 tensor cores on GPU.
 

@@ -1,0 +1,57 @@
+"""The warm-up before a trial's measured training (sweeps/trial/train.py): which batch shapes it runs, and that it
+never changes what the trial learns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sweeps.trial import loop, train
+from sweeps.trial.models import pretrained
+from tests.test_trial import make_spec, store, tiny_csv, tiny_model_dir  # noqa: F401 - fixtures
+
+
+def _task_and_model(spec):
+    base = pretrained.resolve_base(spec.model)
+    tokenizer = pretrained.load_tokenizer(base, spec.model.revision)
+    task = loop.make_task(spec, spec.params, tokenizer)
+    model = loop.load_model(spec, spec.params, base, tokenizer, task, "cpu")
+    return task, model
+
+
+def test_every_new_shape_is_warmed_once_per_process_and_the_longest_always(store, tiny_model_dir, tiny_csv,
+                                                                           monkeypatch):
+    spec = make_spec(tiny_model_dir, tiny_csv)
+    task, model = _task_and_model(spec)
+    monkeypatch.setattr(train, "_WARMED", set())
+    monkeypatch.setenv("SWEEPS_WARM_SHAPES", "all")
+    batches = list(task.train_batches(np.random.default_rng(0), "cpu", train.length_batches))
+    shapes = {tuple(b["input_ids"].shape) for b in batches}
+    assert len(shapes) > 2  # the tiny data has several lengths: the test means something
+    first = train._warm_batches(model, task, "cpu", bf16=False)
+    assert {tuple(b["input_ids"].shape) for b in first} == shapes and len(first) == len(shapes)
+    longest = max(b["input_ids"].numel() for b in batches)
+    assert first[0]["input_ids"].numel() == longest
+    train._WARMED.update(train._shape_key(model, b) for b in first)
+    again = train._warm_batches(model, task, "cpu", bf16=False)  # the worker's next trial: shapes known
+    assert len(again) == 1 and again[0]["input_ids"].numel() == longest
+    monkeypatch.setenv("SWEEPS_WARM_SHAPES", "longest")
+    monkeypatch.setattr(train, "_WARMED", set())
+    assert len(train._warm_batches(model, task, "cpu", bf16=False)) == 1
+    monkeypatch.setenv("SWEEPS_WARM_SHAPES", "auto")  # auto: every shape only where AMX runs bf16
+    monkeypatch.setattr(train.precision, "has_amx", lambda: True)
+    assert len(train._warm_batches(model, task, "cpu", bf16=False)) == 1
+    assert len(train._warm_batches(model, task, "cpu", bf16=True)) == len(shapes)
+    monkeypatch.setattr(train.precision, "has_amx", lambda: False)
+    assert len(train._warm_batches(model, task, "cpu", bf16=True)) == 1
+
+
+def test_warming_every_shape_leaves_the_trial_unchanged(store, tiny_model_dir, tiny_csv, tmp_path, monkeypatch):
+    spec = make_spec(tiny_model_dir, tiny_csv)
+    results = {}
+    for mode in ("longest", "all"):
+        monkeypatch.setenv("SWEEPS_WARM_SHAPES", mode)
+        monkeypatch.setattr(train, "_WARMED", set())
+        results[mode] = loop.run_trial(spec, spec.params, tmp_path / mode, device="cpu").metrics
+    for key in ("macro_f1", "accuracy", "loss"):
+        assert results["all"][key] == pytest.approx(results["longest"][key], abs=1e-9)
