@@ -35,6 +35,13 @@ def test_every_new_shape_is_warmed_once_per_process_and_the_longest_always(store
     train._WARMED.update(train._shape_key(model, b) for b in first)
     again = train._warm_batches(model, task, "cpu", bf16=False)  # the worker's next trial: shapes known
     assert len(again) == 1 and again[0]["input_ids"].numel() == longest
+    monkeypatch.setattr(train, "_WARMED", set())
+    monkeypatch.setattr(train, "_MAX_NEW_SHAPES", 2)  # bounded per trial: the longest and the 2 largest new ones
+    capped = train._warm_batches(model, task, "cpu", bf16=False)
+    largest = sorted({tuple(b["input_ids"].shape): b["input_ids"].numel() for b in batches}.values())[-3:]
+    assert len(capped) == 3 and capped[0]["input_ids"].numel() == longest
+    assert sorted(b["input_ids"].numel() for b in capped) == largest
+    monkeypatch.setattr(train, "_MAX_NEW_SHAPES", 32)
     monkeypatch.setenv("SWEEPS_WARM_SHAPES", "longest")
     monkeypatch.setattr(train, "_WARMED", set())
     assert len(train._warm_batches(model, task, "cpu", bf16=False)) == 1

@@ -63,6 +63,7 @@ def _optimizer(model, params: TrialParams, total_steps: int):
 
 
 _WARMED: set[tuple] = set()  # (model kind, batch shape) this process has already trained (see _warm_batches)
+_MAX_NEW_SHAPES = 32  # per trial, the largest first; rank_study has 18
 
 
 def _shape_key(model, batch: dict) -> tuple:
@@ -81,15 +82,16 @@ def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
     all 18 shapes warmed it measured 1625 / 1637 / 1631 MB. A worker pays for each shape once (~1 s a shape on
     SmolLM2); its later trials on the same data find every shape warmed. SWEEPS_WARM_SHAPES=all / longest
     overrides the choice (auto: all where AMX and bf16 are in use)."""
-    batches = list(task.train_batches(np.random.default_rng(0), device, length_batches))
-    longest = max(batches, key=lambda b: b["input_ids"].numel())
+    shapes: dict[tuple, dict] = {}  # one batch per shape (length-bucketed: on up to ~800 rows every epoch has
+    for b in task.train_batches(np.random.default_rng(0), device, length_batches):  # the same shapes)
+        shapes.setdefault(_shape_key(model, b), b)
+    longest = max(shapes.values(), key=lambda b: b["input_ids"].numel())
     mode = os.environ.get("SWEEPS_WARM_SHAPES", "auto")
     if mode == "longest" or (mode == "auto" and not (bf16 and precision.has_amx())):
         return [longest]
-    shapes = {_shape_key(model, longest): longest}
-    for b in batches:  # length-bucketed: on up to ~800 rows every epoch has the same shapes
-        shapes.setdefault(_shape_key(model, b), b)
-    return [b for i, (key, b) in enumerate(shapes.items()) if i == 0 or key not in _WARMED]
+    new = [b for key, b in shapes.items() if key not in _WARMED and b is not longest]
+    # bounded: a large data set has a shape per width, and the warm-up must stay a small part of a first trial
+    return [longest, *sorted(new, key=lambda b: -b["input_ids"].numel())[:_MAX_NEW_SHAPES]]
 
 
 def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
