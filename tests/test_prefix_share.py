@@ -110,3 +110,17 @@ def test_the_share_key_follows_what_the_features_depend_on(spec):
     assert len({path, task.prefix_file(h, True, "cpu"), task.prefix_file("other", False, "cpu")}) == 3
     other = loop.make_task(spec, spec.trial_params({"layers": "all"}), task.tokenizer)
     assert other.prefix_file(h, False, "cpu") != path
+
+
+def test_a_reused_workers_later_trial_does_not_read_the_file_again(spec, tmp_path, monkeypatch):
+    from sweeps.driver import prepare
+    from sweeps.trial.memory import prefix_store
+
+    prepare.baselines(spec)  # writes the shared rows
+    reads: list[int] = []
+    real = prefix_store.load
+    monkeypatch.setattr(prefix_store, "load", lambda model, path: reads.append(1) or real(model, path))
+    loop.run_trial(spec, spec.trial_params({"rank": 4}), tmp_path / "t0")
+    assert reads == [1]  # the worker's first trial reads the file
+    loop.run_trial(spec, spec.trial_params({"rank": 8}), tmp_path / "t1")
+    assert reads == [1]  # its second finds every row in the kept base's cache

@@ -148,13 +148,12 @@ def compute(model, task, device: str, parts: dict, splits=("train", "validation"
         feats = {s: (features(model, task.splits[s], task.pad_id, 32, device, bf16),
                      np.asarray(task.splits[s]["labels"]))
                  for s in splits if s in task.splits}
-        folds = getattr(task.spec.data, "folds", None) if hasattr(task, "spec") else None
-        if folds and len(feats.get("validation", ((), ()))[1]) == 0:  # the cross-validation refit's task
+        if not task.has_validation:  # data.folds: the cross-validation refit's task, every row in train
             from sweeps.trial.data import labelled
 
             train_y = feats["train"][1]
-            probe = cross_validated(feats["train"], labelled.fold_of(train_y, task.num_labels, folds, task.spec.seed),
-                                    task.num_labels, feats.get("test"))
+            folds = labelled.fold_of(train_y, task.num_labels, task.spec.data.folds, task.spec.seed)
+            probe = cross_validated(feats["train"], folds, task.num_labels, feats.get("test"))
             # the majority class of K-1 folds is the whole set's on any data with a clear majority
             labels = {**{s: f[1] for s, f in feats.items() if s != "validation"}, "validation": train_y}
         else:

@@ -111,7 +111,6 @@ def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
             loss.backward()
             model.zero_grad(set_to_none=True)
             _WARMED.add(_shape_key(model, batch))
-    model.zero_grad(set_to_none=True)
     del loss, batch
     meter.trim()
     pm.restart()

@@ -179,6 +179,11 @@ def row_key(row) -> tuple[torch.Tensor, bytes]:
     return ids, ids.numpy().tobytes()
 
 
+def uncached(model: torch.nn.Module, rows) -> int:
+    """How many of the token-id rows the model's cache lacks (0 also where no cache is attached)."""
+    return sum(row_key(row)[1] not in cache.rows for row in rows) if (cache := cache_of(model)) is not None else 0
+
+
 def fill(model: torch.nn.Module, rows, batch_size: int = 16, frozen: bool = False) -> int:
     """Compute the features of the token-id rows (lists of ids, unpadded) not yet cached: the rows training and
     validation will ask for, before the trial trains. A worker's first trial then trains, and is measured, on a

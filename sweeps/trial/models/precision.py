@@ -3,6 +3,8 @@ dtype, bf16 support of the hardware, and the bytes the weights really take (pack
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from transformers import BitsAndBytesConfig, PreTrainedModel
 
@@ -98,13 +100,22 @@ def _quant_state_bytes(tensor: torch.Tensor) -> int:
     return extra
 
 
-def has_amx() -> bool:
-    """The CPU has AMX for bf16 (its flags; torch 2.13 has no public query)."""
+@functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none), read once per process."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+            for line in fh:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[-1].split())
     except OSError:
-        return False
+        pass
+    return frozenset()
+
+
+def has_amx() -> bool:
+    """The CPU has AMX for bf16 (its flags; torch 2.13 has no public query)."""
+    return "amx_bf16" in _cpu_flags()
 
 
 def detect_bf16(device: str | torch.device) -> bool:
@@ -121,14 +132,7 @@ def detect_bf16(device: str | torch.device) -> bool:
     amx = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", None)
     if amx is not None and amx():
         return True
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return bool({"amx_bf16", "avx512_bf16"} & set(line.split()))
-    except OSError:
-        pass
-    return False
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
 
 
 def dequantized(model: PreTrainedModel) -> PreTrainedModel:

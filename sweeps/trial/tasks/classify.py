@@ -221,7 +221,8 @@ class ClassificationTask:
         rows = [ids for split in ("train", "validation") if split in self.splits
                 for ids in self.splits[split]["input_ids"]]
         device = next(model.parameters()).device
-        loaded = prefix_store.load(model, shared) if shared is not None else 0
+        # a reused worker's later trial finds every row cached: no need to read the file again
+        loaded = prefix_store.load(model, shared) if shared is not None and prefix.uncached(model, rows) else 0
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             computed = prefix.fill(model, rows, self.params.batch_size, frozen=True)
         if shared is not None and computed:
