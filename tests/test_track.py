@@ -339,3 +339,34 @@ def test_experiment_kind_datasets_and_tables(tracker, tmp_path):
     tracker.log_rows(parent, "pareto_front.json", [{"trial": 7, "rank": "2", "macro_f1": 0.5}])
     table = json.loads(Path(tracker.client.download_artifacts(parent, "pareto_front.json", str(tmp_path))).read_text())
     assert table["columns"] == ["trial", "rank", "macro_f1"] and table["data"] == [[7, "2", 0.5]]
+
+
+def test_logging_the_front_retries_when_another_driver_inserted_the_same_tag_first():
+    """Two drivers of one sweep finishing together both log pareto_front.json to the parent run; MLflow's
+    log_table read-extend-inserts the mlflow.loggedArtifacts tag, and the slower insert hit the unique key on
+    PostgreSQL (seen in test_scaleout's two-driver test). One retry updates the tag instead."""
+    from mlflow.exceptions import MlflowException
+
+    from sweeps.tracking.artifacts import Artifacts
+
+    calls = []
+
+    class Client:
+        def log_table(self, run_id, data, artifact_file):
+            calls.append((run_id, artifact_file, data))
+            if len(calls) == 1:
+                raise MlflowException("BAD_REQUEST: (psycopg2.errors.UniqueViolation) duplicate key value "
+                                      'violates unique constraint "tag_pk"')
+
+    art = object.__new__(Artifacts)
+    art.client = Client()
+    art.log_rows("r1", "pareto_front.json", [{"trial": 0, "macro_f1": 0.5}])
+    assert len(calls) == 2 and calls[1] == ("r1", "pareto_front.json", {"trial": [0], "macro_f1": [0.5]})
+
+    class Broken:
+        def log_table(self, run_id, data, artifact_file):
+            raise MlflowException("RESOURCE_DOES_NOT_EXIST: run r1 not found")
+
+    art.client = Broken()
+    with pytest.raises(MlflowException, match="not found"):  # any other failure is not retried
+        art.log_rows("r1", "pareto_front.json", [{"trial": 0}])

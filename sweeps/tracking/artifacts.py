@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from sweeps.tracking.base import TrackingBase, check_run_id
@@ -29,9 +30,23 @@ class Artifacts(TrackingBase):
 
     def log_rows(self, run_id: str, artifact_file: str, rows: list[dict]) -> None:
         """rows (dicts with the same keys) as an MLflow table artifact of the run, e.g. the Pareto front."""
-        if rows:
-            self.client.log_table(run_id, data={k: [r.get(k) for r in rows] for k in rows[0]},
-                                  artifact_file=artifact_file)
+        if not rows:
+            return
+        from mlflow.exceptions import MlflowException
+
+        data = {k: [r.get(k) for r in rows] for k in rows[0]}
+        for attempt in range(3):
+            try:
+                self.client.log_table(run_id, data=data, artifact_file=artifact_file)
+                return
+            except MlflowException as exc:
+                # Two drivers of one sweep log the front to the same parent run at once: MLflow reads, extends and
+                # inserts the run's mlflow.loggedArtifacts tag, and the slower insert hits the tag's unique key
+                # (seen on PostgreSQL). The tag exists by then, so the retry updates it.
+                text = str(exc)
+                if attempt == 2 or not ("UniqueViolation" in text or "UNIQUE constraint" in text):
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def sweep_spec_text(self, sweep: str) -> str | None:
         """The spec YAML the sweep was last started with (artifact spec.yaml of its parent run)."""
