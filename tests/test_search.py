@@ -49,11 +49,23 @@ def test_ask_tell_persists_and_resumes(tmp_path, sampler):
     n2, _ = study.ask()
     study.tell(n2, "PRUNED")
     n3, _ = study.ask()  # left RUNNING, as a crashed driver would
+    study.set_attr(n3, "driver", "gone")  # a driver that tagged its trial (untagged ones have a grace period)
     again = Study(_spec(sampler), url)
     assert again.counts() == {"COMPLETE": 1, "PRUNED": 1, "RUNNING": 1}
     assert again.finished() == 2
     assert [t.number for t in again.stale_running()] == [n3]
     assert again.trials()[0].attrs["metrics"] == {"macro_f1": 0.5}
+
+
+def test_an_untagged_running_trial_is_not_stale_until_its_grace_has_passed(tmp_path, monkeypatch):
+    """Between a driver's ask and its tagging the trial, another driver starting must not fail it."""
+    from sweeps.driver.study import study as study_mod
+
+    study = Study(_spec(), f"sqlite:///{tmp_path / 'o.db'}")
+    n, _ = study.ask()
+    assert study.stale_running() == []
+    monkeypatch.setattr(study_mod, "UNCLAIMED_GRACE_S", 0.0)  # long after: a driver crashed inside the window
+    assert [t.number for t in study.stale_running()] == [n]
 
 
 def test_enqueued_point_is_asked_next(tmp_path):

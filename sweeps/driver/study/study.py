@@ -35,6 +35,13 @@ class StudyTrial:
     params: dict[str, Any]
     values: list[float] | None
     attrs: dict[str, Any]
+    started: float | None = None  # epoch seconds (Optuna's datetime_start)
+
+
+# A RUNNING trial not yet tagged with its driver (between Coordinator.propose's ask and its set_attr) belongs to no
+# one for a moment: another driver starting then took it for a crashed driver's and failed it (seen in
+# test_scaleout's two-driver test). Untagged trials count as stale only after this long.
+UNCLAIMED_GRACE_S = 120.0
 
 
 class Study:
@@ -96,7 +103,8 @@ class Study:
     def trials(self) -> list[StudyTrial]:
         out = []
         for t in self.study.get_trials(deepcopy=False):
-            out.append(StudyTrial(t.number, t.state.name, dict(t.params), t.values, dict(t.user_attrs)))
+            started = t.datetime_start.timestamp() if t.datetime_start is not None else None
+            out.append(StudyTrial(t.number, t.state.name, dict(t.params), t.values, dict(t.user_attrs), started))
         return out
 
     def counts(self) -> dict[str, int]:
@@ -143,7 +151,9 @@ class Study:
 
     def stale_running(self, live: set[str] | None = None) -> list[StudyTrial]:
         live = self.live_drivers() if live is None else live
-        return [t for t in self.trials() if t.state == "RUNNING" and t.attrs.get("driver") not in live]
+        now = time.time()
+        return [t for t in self.trials() if t.state == "RUNNING" and t.attrs.get("driver") not in live
+                and not ("driver" not in t.attrs and t.started is not None and now - t.started < UNCLAIMED_GRACE_S)]
 
 
 def delete_study(name: str, storage_url: str) -> None:
