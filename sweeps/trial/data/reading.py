@@ -8,10 +8,6 @@ the instruction task reads them as chats (chat.py).
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import uuid
-import zipfile
 from pathlib import Path
 
 import datasets
@@ -19,9 +15,9 @@ import datasets
 from sweeps import bundled, digest
 from sweeps.spec import DataSpec
 from sweeps.store import cache_dir
+from sweeps.trial.data import bundled_sets
 
 _BUILDERS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_DRUG_FILES = {"train": "drugsComTrain.tsv", "test": "drugsComTest.tsv"}
 HELPDESK = Path(__file__).resolve().parents[2] / "assets" / "helpdesk"  # package data: sweeps/assets/helpdesk
 _HELPDESK_SPLITS = ("train", "validation", "test")
 # Per-split progress bars of a few hundred rows only clutter the sweep's live view and CI logs.
@@ -57,31 +53,21 @@ def _read_file(path: Path, h: hashlib._Hash) -> datasets.Dataset:
             raise DataError(f"{path}: no rows") from exc
         raise DataError(f"{path}: could not read it as {builder}: {exc}") from exc
 
-def _extract_bundled_drug_reviews() -> Path:
-    zip_path = bundled.dataset_path("drug-reviews")
-    target = cache_dir() / "bundled" / f"drug-reviews-{digest.file_sha256(zip_path)[:16]}"
-    if not target.is_dir():
-        tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
-        with zipfile.ZipFile(zip_path) as zf:  # read named members only: no path from the archive is trusted
-            for name in _DRUG_FILES.values():
-                (tmp / name).write_bytes(zf.read(name))
-        publish(tmp, target)
-    return target
-
 def read_source(data: DataSpec, h: hashlib._Hash) -> tuple[dict[str, datasets.Dataset], bool]:
     """All splits of `data.source` by name, and whether its text is HTML-escaped (the drug reviews are)."""
     source = data.source
     if source.startswith("bundled:"):
-        try:
-            folder = _extract_bundled_drug_reviews() if source == "bundled:drug-reviews" else None
-        except bundled.BundledNotFound as exc:
-            raise DataError(str(exc)) from exc
         if source == "bundled:helpdesk":  # our own data set, shipped inside the package (sweeps/assets)
             return {split: _read_file(HELPDESK / f"{split}.jsonl", h) for split in _HELPDESK_SPLITS}, False
-        if folder is None:
-            raise DataError(f"unknown bundled dataset {source!r}; allowed: bundled:drug-reviews, bundled:helpdesk")
-        return {split: _read_file(folder / name, h) for split, name in _DRUG_FILES.items()}, True
+        if source not in bundled_sets.SETS:
+            raise DataError(f"unknown bundled dataset {source!r}; allowed: "
+                            f"{', '.join([*bundled_sets.SETS, 'bundled:helpdesk'])}")
+        lay_out, files, escaped = bundled_sets.SETS[source]
+        try:
+            folder = lay_out()
+        except bundled.BundledNotFound as exc:
+            raise DataError(str(exc)) from exc
+        return {split: _read_file(folder / name, h) for split, name in files.items()}, escaped
     path = Path(source).expanduser()
     if not path.is_dir() and (path.is_file() or path.suffix):
         return {"train": _read_file(path, h)}, False
@@ -117,12 +103,3 @@ def read_records(data: DataSpec) -> tuple[dict[str, list[dict]], str]:
     if test is not None:
         out["test"] = test.to_list()
     return out, h.hexdigest()
-
-def publish(tmp: Path, final: Path) -> None:
-    """Atomically move a finished temp dir into place; if another process won the race, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,9 +15,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from sweeps.store import cache_dir
+from sweeps.store import cache_dir, publish
 from sweeps.trial.data.labelled import TaskData
-from sweeps.trial.data.reading import publish
 
 
 def _tokenize_key(task: TaskData, tokenizer, max_length: int) -> str:
