@@ -62,14 +62,20 @@ def _optimizer(model, params: TrialParams, total_steps: int):
     return trainable, optimizer, scheduler
 
 
-_WARMED: set[tuple] = set()  # (model kind, batch shape) this process has already trained (see _warm_batches)
+_WARMED: set[tuple] = set()  # (model kind, adapter, batch shape) this process has already trained (_warm_batches)
 _MAX_NEW_SHAPES = 32  # per trial, the largest first; rank_study has 18
 
 
-def _shape_key(model, batch: dict) -> tuple:
+def _shape_key(model, batch: dict, adapter: tuple = ()) -> tuple:
     config = getattr(model, "config", None)
-    return (getattr(config, "model_type", None), getattr(config, "hidden_size", None),
+    return (getattr(config, "model_type", None), getattr(config, "hidden_size", None), adapter,
             tuple(batch["input_ids"].shape))
+
+
+def _adapter_shapes(model) -> tuple:
+    """The shapes of what the trial trains (LoRA's A and B at its rank, on the targeted modules; the head): with the
+    batch shape they decide the shapes of the products a step runs, so a new rank or target means new ones."""
+    return tuple(sorted({tuple(p.shape) for p in model.parameters() if p.requires_grad}))
 
 
 def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
@@ -80,11 +86,14 @@ def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
     capacity 8 the same). Measured on rank_study's trial (SmolLM2, 1 epoch, 3 trials in one process, AMX Xeon): the
     first trial's peak grew over its first epoch as new batch shapes came, 5-10 % above the later trials'; with
     all 18 shapes warmed it measured 1625 / 1637 / 1631 MB. A worker pays for each shape once (~1 s a shape on
-    SmolLM2); its later trials on the same data find every shape warmed. SWEEPS_WARM_SHAPES=all / longest
-    overrides the choice (auto: all where AMX and bf16 are in use)."""
+    SmolLM2); its later trials on the same data find every shape warmed, unless they train another adapter
+    shape (another rank or target): a rank-2 trial after a rank-32 one (MiniLM, movie reviews) measured 316 MB
+    against 268-279 before this was keyed by the adapter, 280 after. SWEEPS_WARM_SHAPES=all / longest overrides
+    the choice (auto: all where AMX and bf16 are in use)."""
+    adapter = _adapter_shapes(model)
     shapes: dict[tuple, dict] = {}  # one batch per shape (length-bucketed: on up to ~800 rows every epoch has
     for b in task.train_batches(np.random.default_rng(0), device, length_batches):  # the same shapes)
-        shapes.setdefault(_shape_key(model, b), b)
+        shapes.setdefault(_shape_key(model, b, adapter), b)
     longest = max(shapes.values(), key=lambda b: b["input_ids"].numel())
     mode = os.environ.get("SWEEPS_WARM_SHAPES", "auto")
     if mode == "longest" or (mode == "auto" and not (bf16 and precision.has_amx())):
@@ -104,13 +113,14 @@ def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
     so training is exactly what it would have been; the trial's own bytes (base, adapter) are charged again."""
     from sweeps.trial.memory import reuse
 
+    adapter = _adapter_shapes(model)
     with torch.random.fork_rng(devices=[]):
         for batch in _warm_batches(model, task, device, bf16):
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss, _ = task.loss(model, batch)
             loss.backward()
             model.zero_grad(set_to_none=True)
-            _WARMED.add(_shape_key(model, batch))
+            _WARMED.add(_shape_key(model, batch, adapter))
     del loss, batch
     meter.trim()
     pm.restart()
