@@ -9,6 +9,7 @@ when its measured peak memory is over `max_memory_mb`: the sweep marks it so and
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -62,7 +63,16 @@ def _optimizer(model, params: TrialParams, total_steps: int):
     return trainable, optimizer, scheduler
 
 
-_WARMED: set[tuple] = set()  # (model kind, adapter, batch shape) this process has already trained (_warm_batches)
+# (model kind, adapter, batch shape) this *thread* has already trained (_warm_batches): the state AMX keeps per
+# shape is the thread's, and a reused Ray worker runs each trial in a new thread.
+_LOCAL = threading.local()
+
+
+def _warmed() -> set[tuple]:
+    if not hasattr(_LOCAL, "shapes"):
+        _LOCAL.shapes = set()
+    return _LOCAL.shapes
+
 _MAX_NEW_SHAPES = 32  # per trial, the largest first; rank_study has 18
 
 
@@ -87,9 +97,11 @@ def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
     first trial's peak grew over its first epoch as new batch shapes came, 5-10 % above the later trials'; with
     all 18 shapes warmed it measured 1625 / 1637 / 1631 MB. A worker pays for each shape once (~1 s a shape on
     SmolLM2); its later trials on the same data find every shape warmed, unless they train another adapter
-    shape (another rank or target): a rank-2 trial after a rank-32 one (MiniLM, movie reviews) measured 316 MB
-    against 268-279 before this was keyed by the adapter, 280 after. SWEEPS_WARM_SHAPES=all / longest overrides
-    the choice (auto: all where AMX and bf16 are in use)."""
+    shape (another rank or target) or run in another thread. Measured on the movie reviews (MiniLM): a rank-2 trial
+    after a rank-32 one measured 316 MB against 268-279 before the key held the adapter, 280 after; the same
+    configuration three times, each in a new thread as a reused Ray worker runs its trials, 264 / 335 / 335 MB
+    while the warmed shapes were the process's. SWEEPS_WARM_SHAPES=all / longest overrides the choice (auto: all
+    where AMX and bf16 are in use)."""
     adapter = _adapter_shapes(model)
     shapes: dict[tuple, dict] = {}  # one batch per shape (length-bucketed: on up to ~800 rows every epoch has
     for b in task.train_batches(np.random.default_rng(0), device, length_batches):  # the same shapes)
@@ -98,7 +110,7 @@ def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
     mode = os.environ.get("SWEEPS_WARM_SHAPES", "auto")
     if mode == "longest" or (mode == "auto" and not (bf16 and precision.has_amx())):
         return [longest]
-    new = [b for key, b in shapes.items() if key not in _WARMED and b is not longest]
+    new = [b for key, b in shapes.items() if key not in _warmed() and b is not longest]
     # bounded: a large data set has a shape per width, and the warm-up must stay a small part of a first trial
     return [longest, *sorted(new, key=lambda b: -b["input_ids"].numel())[:_MAX_NEW_SHAPES]]
 
@@ -120,7 +132,7 @@ def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
                 loss, _ = task.loss(model, batch)
             loss.backward()
             model.zero_grad(set_to_none=True)
-            _WARMED.add(_shape_key(model, batch, adapter))
+            _warmed().add(_shape_key(model, batch, adapter))
     del loss, batch
     meter.trim()
     pm.restart()
