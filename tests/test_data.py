@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -269,27 +268,6 @@ def test_tokenize_default_cache_root_is_store_cache(tmp_path):
     task = _load(_write(tmp_path / "d.csv", _rows({"a": 4, "b": 4})))
     tokenize_splits(task, _tiny_tokenizer(task.train["text"]), 16)
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
-
-
-# ---------------------------------------------------------------- the bundled real data
-
-
-@pytest.mark.integration
-def test_bundled_drug_reviews():
-    from sweeps import bundled
-
-    try:
-        bundled.dataset_path("drug-reviews")
-    except bundled.BundledNotFound as exc:
-        pytest.skip(str(exc))
-    task = load_classification(
-        DataSpec(source="bundled:drug-reviews", text_column="review", label_column="rating"), seed=13)
-    assert len(task.train) + len(task.validation) == 600 and len(task.test) == 379
-    assert task.labels == ["negative", "neutral", "positive"]
-    texts = list(task.train["text"]) + list(task.validation["text"]) + list(task.test["text"])
-    assert not any(re.search(r"&(#\d+|[a-z]+);", t) for t in texts)
-    assert not any(t.startswith('"') for t in texts)  # the TSV wraps every review in a literal quote
-    assert any("didn't" in t for t in texts)
 
 
 def test_head_tail_truncation_keeps_the_end(tmp_path, monkeypatch):

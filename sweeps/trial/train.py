@@ -76,7 +76,7 @@ def _warmed() -> set[tuple]:
 _MAX_NEW_SHAPES = 32  # per trial, the largest first; rank_study has 18
 
 
-def _shape_key(model, batch: dict, adapter: tuple = ()) -> tuple:
+def _shape_key(model, batch: dict, adapter: tuple) -> tuple:
     config = getattr(model, "config", None)
     return (getattr(config, "model_type", None), getattr(config, "hidden_size", None), adapter,
             tuple(batch["input_ids"].shape))
@@ -88,9 +88,9 @@ def _adapter_shapes(model) -> tuple:
     return tuple(sorted({tuple(p.shape) for p in model.parameters() if p.requires_grad}))
 
 
-def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
-    """The longest training batch, plus, where AMX runs the bf16 products, every batch shape this process has
-    not trained yet.
+def _warm_batches(model, task, device: str, bf16: bool, adapter: tuple | None = None) -> list[dict]:
+    """The longest training batch, plus, where AMX runs the bf16 products, every batch shape this thread has
+    not trained yet with this adapter (`adapter`: _adapter_shapes(model), computed when not given).
 
     With AMX the process keeps state per GEMM shape that its later trials reuse (not oneDNN's primitive cache: at
     capacity 8 the same). Measured on rank_study's trial (SmolLM2, 1 epoch, 3 trials in one process, AMX Xeon): the
@@ -102,7 +102,7 @@ def _warm_batches(model, task, device: str, bf16: bool) -> list[dict]:
     configuration three times, each in a new thread as a reused Ray worker runs its trials, 264 / 335 / 335 MB
     while the warmed shapes were the process's. SWEEPS_WARM_SHAPES=all / longest overrides the choice (auto: all
     where AMX and bf16 are in use)."""
-    adapter = _adapter_shapes(model)
+    adapter = _adapter_shapes(model) if adapter is None else adapter
     shapes: dict[tuple, dict] = {}  # one batch per shape (length-bucketed: on up to ~800 rows every epoch has
     for b in task.train_batches(np.random.default_rng(0), device, length_batches):  # the same shapes)
         shapes.setdefault(_shape_key(model, b, adapter), b)
@@ -127,7 +127,7 @@ def _warm_up(model, task, device: str, bf16: bool, pm: PeakMemory) -> None:
 
     adapter = _adapter_shapes(model)
     with torch.random.fork_rng(devices=[]):
-        for batch in _warm_batches(model, task, device, bf16):
+        for batch in _warm_batches(model, task, device, bf16, adapter):
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 loss, _ = task.loss(model, batch)
             loss.backward()
